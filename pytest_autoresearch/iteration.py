@@ -1,0 +1,206 @@
+"""One iteration, data moving one way: task -> sandbox -> mutate -> limits -> run -> score -> decide -> record."""
+
+from __future__ import annotations
+
+import difflib
+import shutil
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import BinaryIO
+
+from .engine import BASE_SEED, Engine
+from .gpus import visible_devices
+from .limits import Verdict, check_sandbox, diff_artifacts, escapes, judge
+from .policy import Decision
+from .process import run_logged
+from .results import Record, mean
+from .sandbox import Content, Link, copy_tree, hash_contents, read_contents, scan
+from .task import Task
+from .workspace import Snapshot, apply_contents, git_commit, git_head_contents, protected_hashes
+
+DESCRIPTION_MAX_CHARS = 300
+
+
+def run_iteration(engine: Engine, task: Task, description: str = "") -> Record:
+    """Run one iteration of task and append its record (whatever happens) to results.jsonl."""
+    iteration = engine.results.reserve_iteration(task.name)
+    log_path = engine.logs_dir / task.name / f"{iteration}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    record = Record(task=task.name, iteration=iteration, status="crash", metric=task.metric,
+                    direction=task.direction, started_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                    worker=engine.worker, log=engine.shown(log_path), description=description)
+    start = time.perf_counter()
+    scratch = Path(tempfile.mkdtemp(prefix=f"autoresearch-{task.name}-"))
+    try:
+        extra_env = {"CUDA_VISIBLE_DEVICES": visible_devices(engine.worker, task.gpus)} if task.gpus else {}
+        with open(log_path, "wb") as log:
+            if task.workspace_mode:
+                with engine.lock(f"task-{task.name}"):  # the workspace is one shared candidate
+                    _workspace_iteration(engine, task, record, scratch, log, extra_env)
+            else:
+                _sandbox_iteration(engine, task, record, scratch, log, extra_env)
+    except KeyboardInterrupt:
+        record.status, record.reason = "interrupted", "interrupted by the user"
+        raise
+    except Exception as e:
+        record.status, record.reason = "crash", f"internal error: {type(e).__name__}: {e}"
+        raise
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+        record.duration_s = round(time.perf_counter() - start, 3)
+        engine.results.append(record)
+    return record
+
+
+# ----------------------------------------------------------------------------
+# Mutator mode: a command edits a private sandbox; a keep is copied into the workspace
+
+
+def _sandbox_iteration(engine: Engine, task: Task, record: Record, scratch: Path, log: BinaryIO,
+                       extra_env: dict[str, str]) -> None:
+    sandbox = scratch / "sandbox"
+    with engine.lock(f"task-{task.name}"):  # never copy the workspace while a keep is landing
+        before = copy_tree(task.rootdir, sandbox)
+    baseline = read_contents(sandbox, [rel for rel in before if task.is_artifact(rel)])
+    record.baseline_hash = hash_contents(baseline)
+    if not engine.ensure_baseline(task, record, sandbox, baseline, scratch, extra_env):
+        return
+
+    description_file = scratch / "description.txt"
+    env = engine.env(task, record, BASE_SEED + record.iteration, sandbox,
+                     {**extra_env, "AUTORESEARCH_DESCRIPTION_FILE": str(description_file)})
+    log.write(f"[autoresearch] mutator: {task.mutator_command}\n".encode())
+    result = run_logged(task.mutator_command, sandbox, env, task.mutator_timeout, log)
+    record.mutator_s = round(result.seconds, 3)
+    if description_file.is_file():
+        lines = description_file.read_text(encoding="utf-8", errors="replace").strip().splitlines()
+        record.description = lines[0].strip()[:DESCRIPTION_MAX_CHARS] if lines else ""
+    if (failure := result.failure("mutator", task.mutator_timeout)) is not None:
+        record.status, record.reason = "crash", failure
+        return
+
+    verdict = check_sandbox(task, sandbox, before, scan(sandbox), baseline, task.rootdir)
+    candidate = {**baseline, **{k: v for k, v in verdict.candidate.items() if v is not None}}
+    for rel in [k for k, v in verdict.candidate.items() if v is None]:
+        candidate.pop(rel, None)
+    if not _judge_changes(engine, task, record, verdict, baseline, candidate):
+        return
+    decision = engine.score_runs(task, record, sandbox, log, record.baseline_scores, extra_env)
+    if decision is False:
+        return
+
+    with engine.lock(f"task-{task.name}"):
+        current = engine.artifacts_in(task, task.rootdir)
+        if decision.verdict == "keep" and hash_contents(current) != record.baseline_hash:
+            decision = _rebase(engine, task, record, decision, verdict, baseline, current)
+        record.status, record.reason = decision.verdict, decision.reason
+        if decision.verdict == "keep":
+            apply_contents(task.rootdir, verdict.candidate)
+            _commit(engine, task, record, list(verdict.candidate))
+
+
+def _rebase(engine: Engine, task: Task, record: Record, decision: Decision, verdict: Verdict,
+            baseline: dict[str, Content], current: dict[str, Content]) -> Decision:
+    """A keep judged against a baseline that another worker has superseded meanwhile: keep it only if it
+    still beats the current best and touches no file the newer keep touched; else discard it as stale."""
+    current_hash = hash_contents(current)
+    current_scores = engine.results.scores_for(task.name, current_hash)
+    if not current_scores:
+        return Decision("discard", f"stale: baseline moved to {current_hash}, not scored yet", decision.statistic)
+    again = task.policy.decide(current_scores, record.scores, task.direction)
+    if again.verdict != "keep":
+        return Decision("discard", f"stale: does not beat the current best {mean(current_scores):.6g} "
+                                   f"({again.reason})", again.statistic)
+    conflicts = [rel for rel in verdict.candidate if current.get(rel) != baseline.get(rel)]
+    if conflicts:
+        return Decision("discard", f"stale: conflicts with a newer keep in {', '.join(conflicts[:3])}",
+                        again.statistic)
+    return Decision("keep", f"{again.reason}; applied over the newer baseline {current_hash}", again.statistic)
+
+
+def _judge_changes(engine: Engine, task: Task, record: Record, verdict: Verdict,
+                   baseline: dict[str, Content], candidate: dict[str, Content]) -> bool:
+    """Fill the change fields; False when the candidate is rejected or unchanged (nothing to run)."""
+    record.candidate_hash = hash_contents(candidate)
+    record.files_changed, record.lines_changed = verdict.files_changed, verdict.lines_changed
+    if verdict.changes:
+        _write_diff(engine, task, record, baseline, candidate)
+    if verdict.violation is not None:
+        record.status, record.reason = "rejected", verdict.violation
+        return False
+    if not verdict.changes:
+        record.status, record.reason = "discard", "no change"
+        return False
+    return True
+
+
+def _write_diff(engine: Engine, task: Task, record: Record, old: dict[str, Content], new: dict[str, Content]) -> None:
+    """work/logs/<task>/<iteration>.diff: what the candidate changed, kept or not (text files only)."""
+    def text(content: Content | None) -> list[str]:
+        if content is None:
+            return []
+        if isinstance(content, Link):
+            return [f"-> {content.target}\n"]
+        try:
+            return content.decode("utf-8").splitlines(keepends=True)
+        except UnicodeDecodeError:
+            return ["(binary)\n"]
+    chunks = []
+    for rel in sorted(set(old) | set(new)):
+        if old.get(rel) != new.get(rel):
+            chunks.extend(difflib.unified_diff(text(old.get(rel)), text(new.get(rel)), f"a/{rel}", f"b/{rel}"))
+    path = engine.logs_dir / task.name / f"{record.iteration}.diff"
+    path.write_text("".join(chunks), encoding="utf-8")
+
+
+def _commit(engine: Engine, task: Task, record: Record, paths: list[str]) -> None:
+    if not engine.commit:
+        return
+    message = (f"autoresearch {task.name} #{record.iteration}: {task.metric} {record.baseline_score:.6g} -> "
+               f"{record.score:.6g}\n\n{record.description or '(no description)'}\n")
+    with engine.lock("git"):
+        record.commit, problem = git_commit(task.rootdir, paths, message)
+    if problem:
+        record.reason += f" (not committed: {problem})"
+
+
+# ----------------------------------------------------------------------------
+# Workspace mode: the candidate is the edit already in the workspace; the baseline is the last kept
+# state (snapshot under work/, else git HEAD, else the workspace as found on the first run)
+
+
+def _workspace_iteration(engine: Engine, task: Task, record: Record, scratch: Path, log: BinaryIO,
+                         extra_env: dict[str, str]) -> None:
+    sandbox = scratch / "sandbox"
+    before = copy_tree(task.rootdir, sandbox)
+    candidate = read_contents(sandbox, [rel for rel in before if task.is_artifact(rel)])
+    protected_now = protected_hashes(task, read_contents(sandbox, [rel for rel in before if task.is_protected(rel)]))
+    snapshot = Snapshot(engine.state_dir, task)
+    saved = snapshot.load() or git_head_contents(task) or (candidate, protected_now)
+    baseline, protected_then = saved
+    snapshot.save(baseline, protected_then)
+    record.baseline_hash = hash_contents(baseline)
+    if not engine.ensure_baseline(task, record, sandbox, baseline, scratch, extra_env):
+        return
+
+    changes = diff_artifacts(baseline, candidate)
+    protected = sorted(rel for rel in set(protected_then) | set(protected_now)
+                       if protected_then.get(rel) != protected_now.get(rel))
+    escaping = [c.path for c in changes if isinstance(link := candidate.get(c.path), Link)
+                and escapes(task.rootdir, c.path, link)]
+    verdict = judge(task, changes, {c.path: candidate.get(c.path) for c in changes},
+                    protected=protected, escaping=escaping, outside=[])
+    restore = {c.path: baseline.get(c.path) for c in changes}
+    if not _judge_changes(engine, task, record, verdict, baseline, candidate):
+        apply_contents(task.rootdir, restore)
+        return
+    decision = engine.score_runs(task, record, sandbox, log, record.baseline_scores, extra_env)
+    if decision is not False:
+        record.status, record.reason = decision.verdict, decision.reason
+    if decision is not False and decision.verdict == "keep":
+        snapshot.save(candidate, protected_now)
+        _commit(engine, task, record, [c.path for c in changes])
+    else:
+        apply_contents(task.rootdir, restore)

@@ -1,0 +1,389 @@
+"""LLM-free mutator: nudge one or two UPPER_CASE module-level constants of the artifact.
+
+The engine runs `python -m pytest_autoresearch.mutators.hparams` in the sandbox root. It edits the first
+`.py` file matching AUTORESEARCH_ARTIFACTS, rewriting only the value text of `NAME = value  # comment`
+lines, and writes the description "NAME old → new[, NAME2 old → new]" to AUTORESEARCH_DESCRIPTION_FILE
+(`parse_description` reads it back). results.jsonl says which changes were tried (never repeated, nor a
+kept change undone) and which directions helped (tried again more often). Same seed + results -> same edit.
+
+Step rules, first match wins:
+  bool                                  toggled
+  str                                   known choices only (WINDOW_PATTERN: L, SL, SSL, SSSL, SSSSL)
+  int written `2**k`, or named *BATCH*  x2 / ÷2 (a power of two stays one; `2**k` stays `2**k`)
+  int named *DIM* and a power of two    x2 / ÷2
+  int named *DEPTH*/*HEAD(S)*/*LAYER(S)*  ±1, never below 1
+  other int                             ± max(1, |v| // 8); a positive value stays >= 1
+  float                                 x or ÷ 1.25 or 1.5, 3 significant digits; 0.0 steps up to 0.05 or 0.1;
+                                        ratios (*RATIO*, *FRAC*, *BETA*, ...) valued in [0, 1] stay there
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import glob
+import json
+import math
+import operator
+import os
+import random
+import re
+import shutil
+import sys
+import tempfile
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from itertools import combinations
+from pathlib import Path
+
+CHOICES = {"WINDOW_PATTERN": ("L", "SL", "SSL", "SSSL", "SSSSL")}
+COUNT_WORDS = frozenset({"DEPTH", "HEAD", "HEADS", "LAYER", "LAYERS"})
+RATIO_WORDS = frozenset({"RATIO", "FRAC", "BETA", "DROPOUT", "MOMENTUM", "PROB"})
+FACTORS = (1.25, 1.5)
+ZERO_STEPS = (0.05, 0.1)  # a multiplicative step cannot leave 0.0 (e.g. WARMUP_RATIO = 0.0)
+# prepare.py's fixed constants: a train.py that redefined them would move the goalposts, not improve.
+NEVER_TOUCH = frozenset({"MAX_SEQ_LEN", "TIME_BUDGET", "EVAL_TOKENS", "VOCAB_SIZE"})
+# Facts about the world, not choices: hardware peaks, and seeds (a new seed only mines the noise).
+NEVER_TOUCH_WORDS = frozenset({"FLOPS", "SEED", "VERSION"})
+# How one outcome scales the weight of trying the same (name, direction) again.
+OUTCOME_WEIGHT = {"keep": 2.0, "discard": 0.7, "rejected": 0.7, "crash": 0.4}
+PAIR_PROBABILITY = 0.25
+NAME_RE = re.compile(r"[A-Z][A-Z0-9_]*")
+POW2_TEXT_RE = re.compile(r"2\s*\*\*\s*\d+")
+ARROW = " → "
+
+Change = tuple  # (name, old value, new value)
+
+
+class MutatorError(Exception):
+    """Bad input (env, artifact, file): reported as one line, exit status 2."""
+
+
+@dataclass(frozen=True)
+class Constant:
+    name: str
+    value: bool | int | float | str
+    text: str  # exact source text of the value
+    line: int  # 0-based line index
+    start: int  # byte offsets of the value text within its line
+    end: int
+
+
+@dataclass(frozen=True)
+class Move:
+    const: Constant
+    new: bool | int | float | str
+    text: str
+    direction: str
+
+    @property
+    def change(self) -> Change:
+        return (self.const.name, self.const.value, self.new)
+
+
+# ---------------------------------------------------------------------------
+# Reading constants and values
+# ---------------------------------------------------------------------------
+
+_BINOPS = {ast.Pow: operator.pow, ast.Mult: operator.mul, ast.Add: operator.add, ast.Sub: operator.sub,
+           ast.FloorDiv: operator.floordiv, ast.Div: operator.truediv}
+
+
+def _is_number(v: object) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def literal_value(node: ast.AST) -> bool | int | float | str | None:
+    """Value of a literal or of small arithmetic on numbers (`2**19`, `40 * 524288`); None otherwise."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, (bool, int, float, str)):
+        return node.value
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+        v = literal_value(node.operand)
+        return -v if _is_number(v) else None
+    if isinstance(node, ast.BinOp) and type(node.op) in _BINOPS:
+        a, b = literal_value(node.left), literal_value(node.right)
+        if not (_is_number(a) and _is_number(b)) or (isinstance(node.op, ast.Pow) and abs(b) > 64):
+            return None
+        try:
+            v = _BINOPS[type(node.op)](a, b)
+        except (ArithmeticError, ValueError):
+            return None
+        return v if _is_number(v) else None
+    return None
+
+
+def _eval_text(text: str) -> bool | int | float | str | None:
+    try:
+        return literal_value(ast.parse(text.strip(), mode="eval").body)
+    except SyntaxError:
+        return None
+
+
+def find_constants(source: str) -> list[Constant]:
+    """Editable constants: one-line top-level `NAME = literal` assigned once and not imported."""
+    tree = ast.parse(source)
+    lines = source.split("\n")
+    imported = {(a.asname or a.name).split(".")[0] for node in tree.body
+                if isinstance(node, (ast.Import, ast.ImportFrom)) for a in node.names}
+    stores = Counter(n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store))
+    found = []
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1:
+            target = node.targets[0]
+        elif isinstance(node, ast.AnnAssign) and node.value is not None:
+            target = node.target
+        else:
+            continue
+        if not isinstance(target, ast.Name) or not NAME_RE.fullmatch(target.id):
+            continue
+        name, value = target.id, node.value
+        if (name in imported or name in NEVER_TOUCH or _words(name) & NEVER_TOUCH_WORDS or stores[name] != 1
+                or value.lineno != value.end_lineno):
+            continue
+        v = literal_value(value)
+        if v is None:
+            continue
+        raw = lines[value.lineno - 1].encode()
+        text = raw[value.col_offset:value.end_col_offset].decode()
+        found.append(Constant(name, v, text, value.lineno - 1, value.col_offset, value.end_col_offset))
+    return found
+
+
+# ---------------------------------------------------------------------------
+# Step rules
+# ---------------------------------------------------------------------------
+
+def _words(name: str) -> set[str]:
+    parts = name.split("_")
+    return set(parts) | {p.rstrip("0123456789") for p in parts}
+
+
+def _is_pow2(v: int) -> bool:
+    return v > 0 and v & (v - 1) == 0
+
+
+def direction(name: str, old: object, new: object) -> str:
+    if isinstance(old, bool) or isinstance(new, bool):
+        return "toggle"
+    if isinstance(old, str) or isinstance(new, str):
+        choices = CHOICES.get(name, ())
+        if old in choices and new in choices:
+            return "up" if choices.index(new) > choices.index(old) else "down"
+        return "set"
+    return "up" if new > old else "down"
+
+
+def _new_values(const: Constant) -> list:
+    v, words = const.value, _words(const.name)
+    if isinstance(v, bool):
+        return [not v]
+    if isinstance(v, str):
+        choices = CHOICES.get(const.name, ())
+        return list(choices) if v in choices else []
+    if isinstance(v, int):
+        if POW2_TEXT_RE.fullmatch(const.text) or "BATCH" in words or ("DIM" in words and _is_pow2(v)):
+            return ([v * 2] + ([v // 2] if v % 2 == 0 else [])) if v > 0 else []
+        if words & COUNT_WORDS:
+            return [v + 1] + ([v - 1] if v > 1 else [])
+        step = max(1, abs(v) // 8)
+        return [v + step] + ([v - step] if v - step >= 1 or v < 1 else [])
+    if v == 0.0:
+        news = list(ZERO_STEPS)
+    else:
+        news = [float(f"{x:.3g}") for f in FACTORS for x in (v * f, v / f)]
+    if words & RATIO_WORDS and 0.0 <= v <= 1.0:
+        news = [min(1.0, max(0.0, x)) for x in news]
+    return [x for x in news if math.isfinite(x)]
+
+
+def _render(const: Constant, new: bool | int | float | str) -> str:
+    if isinstance(new, str):
+        quote = const.text[0] if const.text[:1] in ("'", '"') else '"'
+        return f"{quote}{new}{quote}"
+    if isinstance(new, int) and not isinstance(new, bool) and POW2_TEXT_RE.fullmatch(const.text) and _is_pow2(new):
+        return re.sub(r"\d+$", str(new.bit_length() - 1), const.text)
+    if isinstance(new, float):
+        text = f"{new:.3g}"  # exact: new values are already rounded to 3 significant digits
+        return text if any(ch in text for ch in ".e") else text + ".0"
+    return repr(new)
+
+
+def candidate_moves(const: Constant) -> list[Move]:
+    moves, seen = [], {const.value}
+    for new in _new_values(const):
+        if new not in seen:
+            seen.add(new)
+            moves.append(Move(const, new, _render(const, new), direction(const.name, const.value, new)))
+    return moves
+
+
+# ---------------------------------------------------------------------------
+# History: what was tried, what helped
+# ---------------------------------------------------------------------------
+
+def describe(moves: tuple[Move, ...]) -> str:
+    return ", ".join(f"{m.const.name} {m.const.text}{ARROW}{m.text}" for m in moves)
+
+
+def parse_description(text: str) -> list[Change]:
+    """(name, old, new) for each `NAME old → new` of a description `describe` wrote; [] for any other text."""
+    changes = []
+    for part in re.split(r", (?=[A-Z][A-Z0-9_]* )", text.strip()):
+        m = re.fullmatch(r"([A-Z][A-Z0-9_]*) (.+?) → (.+)", part)
+        old, new = (_eval_text(m[2]), _eval_text(m[3])) if m else (None, None)
+        if old is None or new is None:
+            return []
+        changes.append((m[1], old, new))
+    return changes
+
+
+def load_history(results: Path | None, task: str | None) -> list[tuple[str, list[Change]]]:
+    """(status, changes) of every record of `task` whose changes can be read; unreadable lines are skipped."""
+    if results is None or not results.is_file():
+        return []
+    history = []
+    for line in results.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if not isinstance(record, dict) or (task and record.get("task") != task):
+            continue
+        if record.get("changes"):
+            changes = [(c["name"], _eval_text(c["old"]), _eval_text(c["new"])) for c in record["changes"]]
+        else:
+            changes = parse_description(str(record.get("description", "")))
+        if changes:
+            history.append((str(record.get("status", "")), changes))
+    return history
+
+
+def choose(constants: list[Constant], history: list[tuple[str, list[Change]]], seed: str,
+           max_lines: int) -> tuple[Move, ...] | None:
+    """One or two moves on different constants, weighted by past outcomes, never a tried set; None if none left."""
+    tried, weights = set(), defaultdict(lambda: 1.0)
+    for status, changes in history:
+        if status == "interrupted":  # never scored: trying it again is fair
+            continue
+        tried.add(frozenset(changes))
+        if status == "keep":  # undoing a kept change is not a new experiment
+            tried.add(frozenset((name, new, old) for name, old, new in changes))
+        for name, old, new in changes:
+            weights[name, direction(name, old, new)] *= OUTCOME_WEIGHT.get(status, 1.0)
+    moves = [m for c in constants for m in candidate_moves(c)]
+
+    def untried(candidates: list[tuple[Move, ...]]) -> list[tuple[Move, ...]]:
+        return [c for c in candidates if frozenset(m.change for m in c) not in tried
+                and 2 * len({m.const.line for m in c}) <= max_lines]
+
+    singles = untried([(m,) for m in moves])
+    pairs = untried([(a, b) for a, b in combinations(moves, 2) if a.const.name != b.const.name])
+    rng = random.Random(seed)
+    for pool in ([pairs, singles] if rng.random() < PAIR_PROBABILITY else [singles, pairs]):
+        if pool:
+            pool_weights = [math.prod(weights[m.const.name, m.direction] for m in c) for c in pool]
+            return rng.choices(pool, weights=pool_weights)[0]
+    return None
+
+
+# ---------------------------------------------------------------------------
+# Editing the file
+# ---------------------------------------------------------------------------
+
+def apply_moves(source: str, moves: tuple[Move, ...]) -> str:
+    """The source with each move's value text replaced; raises if the result is not the intended Python."""
+    lines = source.split("\n")
+    for m in sorted(moves, key=lambda m: m.const.start, reverse=True):
+        raw = lines[m.const.line].encode()
+        rest = raw[m.const.end:]
+        aligned = re.match(rb"( +)#", rest)
+        if aligned:  # keep a trailing comment in its column where the spaces allow
+            pad = len(aligned[1])
+            rest = b" " * max(min(pad, 2), pad - len(m.text.encode()) + len(m.const.text.encode())) + rest[pad:]
+        lines[m.const.line] = (raw[:m.const.start] + m.text.encode() + rest).decode()
+    edited = "\n".join(lines)
+    values = {c.name: c.value for c in find_constants(edited)}  # ast.parse inside: SyntaxError if broken
+    for m in moves:
+        if m.const.name not in values or values[m.const.name] != m.new:
+            raise RuntimeError(f"hparams: rewriting {m.const.name} to {m.text} did not yield {m.new!r}")
+    return edited
+
+
+def write_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+        if path.exists():
+            shutil.copymode(path, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _artifact(globs: str) -> Path:
+    for pattern in filter(None, globs.split(os.pathsep)):
+        for match in sorted(glob.glob(pattern, recursive=True)):
+            if match.endswith(".py") and os.path.isfile(match):
+                return Path(match)
+    raise MutatorError(f"AUTORESEARCH_ARTIFACTS={globs!r}: no .py file matches in {os.getcwd()}")
+
+
+def _env_int(key: str, default: int) -> int:
+    raw = os.environ.get(key, "").strip()
+    try:
+        return int(raw) if raw else default
+    except ValueError:
+        raise MutatorError(f"{key}={raw!r}: not an integer") from None
+
+
+def _name_list(text: str | None) -> set[str]:
+    return {n.strip() for n in (text or "").split(",") if n.strip()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m pytest_autoresearch.mutators.hparams",
+                                description=__doc__.split("\n")[0])
+    p.add_argument("--file", type=Path, help="file to edit (default: first .py matching AUTORESEARCH_ARTIFACTS)")
+    p.add_argument("--seed", type=int, help="default: AUTORESEARCH_SEED, else 0")
+    p.add_argument("--results", type=Path, help="default: AUTORESEARCH_RESULTS")
+    p.add_argument("--names", default=os.environ.get("AUTORESEARCH_HPARAMS"),
+                   help="comma list: only these constants may change (default: AUTORESEARCH_HPARAMS)")
+    p.add_argument("--skip", default=os.environ.get("AUTORESEARCH_HPARAMS_SKIP"),
+                   help="comma list: never change these (default: AUTORESEARCH_HPARAMS_SKIP)")
+    args = p.parse_args(argv)
+    env = os.environ
+    try:
+        path = args.file or _artifact(env.get("AUTORESEARCH_ARTIFACTS", ""))
+        seed = args.seed if args.seed is not None else _env_int("AUTORESEARCH_SEED", 0)
+        max_lines = _env_int("AUTORESEARCH_MAX_LINES", 4)
+        results = args.results or (Path(env["AUTORESEARCH_RESULTS"]) if env.get("AUTORESEARCH_RESULTS") else None)
+        try:
+            with open(path, encoding="utf-8", newline="") as f:
+                source = f.read()
+            constants = find_constants(source)
+        except (OSError, UnicodeDecodeError, SyntaxError) as e:
+            raise MutatorError(f"{path}: cannot read as Python: {e}") from None
+    except MutatorError as e:
+        print(f"hparams: error: {e}", file=sys.stderr)
+        return 2
+    allowed, skipped = _name_list(args.names), _name_list(args.skip)
+    for name in sorted(allowed - {c.name for c in constants}):
+        print(f"hparams: warning: {path}: {name} is not an editable constant", file=sys.stderr)
+    constants = [c for c in constants if (not allowed or c.name in allowed) and c.name not in skipped]
+    history = load_history(results, env.get("AUTORESEARCH_TASK"))
+    moves = choose(constants, history, f"{seed}:{env.get('AUTORESEARCH_ITERATION', '')}", max_lines)
+    if moves is None:
+        message = f"nothing changed: no untried change of {len(constants)} constants of {path} fits {max_lines} lines"
+    else:
+        message = describe(moves)
+        write_atomic(path, apply_moves(source, moves))
+    if env.get("AUTORESEARCH_DESCRIPTION_FILE"):
+        write_atomic(Path(env["AUTORESEARCH_DESCRIPTION_FILE"]), message + "\n")
+    print(f"hparams: {message}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,42 @@
+"""pytest entry point (pytest11: autoresearch). Inert unless --autoresearch is given."""
+
+from __future__ import annotations
+
+import pytest
+
+from .engine import Engine
+from .session import SESSION_PLUGIN_NAME, AutoresearchSession, Options
+
+DEFAULT_TASK_DIR = "experiments"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("autoresearch", "autoresearch: keep/discard research iterations")
+    group.addoption("--autoresearch", action="store_true", default=False,
+                    help="collect task.yaml files under the given paths (default: experiments/) and run iterations")
+    group.addoption("--autoresearch-iterations", type=int, default=1, metavar="N",
+                    help="iterations per task (default 1)")
+    group.addoption("--autoresearch-results", default=None, metavar="PATH",
+                    help="results file (default: work/results.jsonl under the rootdir)")
+    group.addoption("--autoresearch-commit", action="store_true", default=False,
+                    help="git-commit each kept candidate; the record holds the commit hash")
+    group.addoption("--autoresearch-fail-on-discard", action="store_true", default=False,
+                    help="a discarded candidate fails its item (CI gating)")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    options = Options.from_config(config)
+    if not options.enabled:
+        return
+    if config.args_source != pytest.Config.ArgsSource.ARGS:  # no paths given: research experiments/
+        config.args = [str(config.rootpath / DEFAULT_TASK_DIR)]
+    config.pluginmanager.register(AutoresearchSession(config, options), SESSION_PLUGIN_NAME)
+
+
+@pytest.fixture(scope="session")
+def autoresearch_engine(pytestconfig: pytest.Config) -> Engine:
+    """The engine of this --autoresearch session (paths, results store, locks, worker id)."""
+    session = pytestconfig.pluginmanager.get_plugin(SESSION_PLUGIN_NAME)
+    if session is None:
+        pytest.skip("autoresearch_engine needs --autoresearch")
+    return session.engine

@@ -1,0 +1,330 @@
+"""Morning report from results.jsonl: progress.png, report.md and, on request, the upstream's results.tsv.
+
+    python -m pytest_autoresearch.report [work/results.jsonl] [--out DIR] [--tsv]
+
+The engine's terminal summary calls `write_report`. progress.png has one subplot per task and is exactly
+FIG_WIDTH_IN x TASK_HEIGHT_IN*tasks inches at DPI: 1400 x 500*tasks pixels (saved without a tight bbox).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import math
+import os
+import statistics
+import sys
+import tempfile
+from collections import Counter, defaultdict
+from datetime import datetime, timedelta
+from pathlib import Path
+
+FIG_WIDTH_IN, TASK_HEIGHT_IN, DPI = 14, 5, 100
+STATUSES = ("baseline", "keep", "discard", "crash", "rejected", "interrupted")
+# The upstream's results.tsv knows keep/discard/crash; its first row is the baseline, logged as keep.
+TSV_STATUS = {"baseline": "keep", "keep": "keep", "discard": "discard", "rejected": "discard", "crash": "crash"}
+TSV_HEADER = "commit\tval_bpb\tmemory_gb\tstatus\tdescription"
+LABEL_CHARS = 45
+
+
+# ---------------------------------------------------------------------------
+# Reading and summarising records
+# ---------------------------------------------------------------------------
+
+def load_records(path: Path) -> list[dict]:
+    """Every JSON object line of the file; other lines are skipped with a warning naming file:line."""
+    records = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                record = None
+            if isinstance(record, dict):
+                records.append(record)
+            else:
+                print(f"report: warning: {path}:{lineno}: skipped, not a JSON object", file=sys.stderr)
+    return records
+
+
+def _number(value: object) -> float | None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return float(value) if ok else None
+
+
+def _iteration(record: dict) -> int:
+    try:
+        return int(record.get("iteration") or 0)
+    except (TypeError, ValueError):
+        return 0
+
+
+def by_task(records: list[dict]) -> dict[str, list[dict]]:
+    """Records grouped by task (first-seen order), each group in iteration order."""
+    tasks = defaultdict(list)
+    for r in records:
+        tasks[str(r.get("task", "?"))].append(r)
+    return {task: sorted(rs, key=_iteration) for task, rs in tasks.items()}
+
+
+def _minimize(records: list[dict]) -> bool:
+    return next((r["direction"] for r in records if r.get("direction")), "minimize") != "maximize"
+
+
+def _baseline(records: list[dict]) -> float | None:
+    for r in records:
+        if r.get("status") == "baseline" and _number(r.get("score")) is not None:
+            return _number(r["score"])
+    recorded = (_number(r.get("baseline_score")) for r in records)
+    return next((score for score in recorded if score is not None), None)
+
+
+def frontier(records: list[dict]) -> list[tuple[dict, float, float | None]]:
+    """(record, running best, delta vs the previous kept score) for the baseline and every scored keep."""
+    minimize, best, prev, rows = _minimize(records), None, _baseline(records), []
+    for r in records:
+        score = _number(r.get("score"))
+        if r.get("status") not in ("baseline", "keep") or score is None:
+            continue
+        best = score if best is None else (min if minimize else max)(best, score)
+        rows.append((r, best, None if r.get("status") == "baseline" or prev is None else score - prev))
+        prev = score
+    return rows
+
+
+def noise(records: list[dict]) -> tuple[float, str] | None:
+    """Std of repeated baseline scores, else pooled std of scores sharing a candidate_hash."""
+    for r in records:
+        scores = [s for s in map(_number, r.get("baseline_scores") or []) if s is not None]
+        if len(scores) >= 2:
+            return statistics.stdev(scores), f"{len(scores)} baseline scores"
+    groups = defaultdict(list)
+    for r in records:
+        if r.get("candidate_hash") and _number(r.get("score")) is not None:
+            groups[r["candidate_hash"]].append(_number(r["score"]))
+    repeated = [g for g in groups.values() if len(g) >= 2]
+    if not repeated:
+        return None
+    dof = sum(len(g) - 1 for g in repeated)
+    pooled = sum(statistics.variance(g) * (len(g) - 1) for g in repeated) / dof
+    return math.sqrt(pooled), f"{sum(map(len, repeated))} scores of {len(repeated)} repeated candidates"
+
+
+def _wall_span(records: list[dict]) -> float | None:
+    spans = []
+    for r in records:
+        try:
+            start = datetime.fromisoformat(str(r["started_at"]))
+        except (KeyError, ValueError):
+            continue
+        spans.append((start, start + timedelta(seconds=_number(r.get("duration_s")) or 0.0)))
+    if not spans:
+        return None
+    try:
+        return (max(end for _, end in spans) - min(start for start, _ in spans)).total_seconds()
+    except TypeError:  # naive and aware timestamps mixed
+        return None
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "n/a"
+    minutes, s = divmod(round(seconds), 60)
+    h, m = divmod(minutes, 60)
+    return f"{h}h {m:02d}m {s:02d}s" if h else f"{m}m {s:02d}s"
+
+
+def _one_line(text: object) -> str:
+    return " ".join(str(text or "").split())
+
+
+# ---------------------------------------------------------------------------
+# report.md
+# ---------------------------------------------------------------------------
+
+def task_markdown(task: str, records: list[dict]) -> str:
+    minimize, base, rows = _minimize(records), _baseline(records), frontier(records)
+    metric = next((r["metric"] for r in records if r.get("metric")), "score")
+    best = rows[-1][1] if rows else None
+    counts = Counter(str(r.get("status", "?")) for r in records)
+    count_text = ", ".join(f"{s} {counts[s]}" for s in (*STATUSES, *sorted(set(counts) - set(STATUSES))))
+    if base is not None and best is not None:
+        gain = (base - best) if minimize else (best - base)
+        improvement = f"{gain:.6f}" + (f" ({gain / abs(base):.2%})" if base else "")
+    else:
+        improvement = "n/a"
+    sigma = noise(records)
+    busy = sum(_number(r.get("duration_s")) or 0.0 for r in records)
+    lines = [
+        f"## {task}", "",
+        f"metric `{metric}`, {'lower' if minimize else 'higher'} is better", "",
+        "| | |", "|---|---|",
+        f"| baseline | {'n/a' if base is None else f'{base:.6f}'} |",
+        f"| best | {'n/a' if best is None else f'{best:.6f}'} |",
+        f"| total improvement | {improvement} |",
+        f"| iterations | {len(records)}: {count_text} |",
+        f"| crashes | {counts['crash']} |",
+        f"| time | {_duration(busy)} summed over runs; "
+        f"{_duration(_wall_span(records))} wall (first start to last end) |",
+        f"| noise (std) | {'n/a' if sigma is None else f'{sigma[0]:.6f} ({sigma[1]})'} |",
+        "", "### Kept changes", "",
+        "| iteration | score | delta | description |", "|---:|---:|---:|---|",
+    ]
+    for r, _, delta in rows:
+        desc = _one_line(r.get("description")) or r.get("status", "")
+        delta_text = "" if delta is None else f"{delta:+.6f}"
+        lines.append(f"| {_iteration(r)} | {_number(r['score']):.6f} | {delta_text} | {desc.replace('|', '/')} |")
+    crashes = [r for r in records if r.get("status") == "crash"]
+    reasons = Counter(_one_line(r.get("reason"))[:120] or "(no reason)" for r in crashes)
+    if reasons:
+        lines += ["", "### Top crash reasons", "", "| count | reason |", "|---:|---|"]
+        lines += [f"| {n} | {reason.replace('|', '/')} |" for reason, n in reasons.most_common(5)]
+    return "\n".join(lines) + "\n"
+
+
+def report_markdown(tasks: dict[str, list[dict]], source: Path) -> str:
+    total = sum(map(len, tasks.values()))
+    head = f"# autoresearch report\n\n`{source}`: {total} records, {len(tasks)} tasks. Plot: progress.png.\n"
+    return head + "".join("\n" + task_markdown(task, records) for task, records in tasks.items())
+
+
+# ---------------------------------------------------------------------------
+# progress.png
+# ---------------------------------------------------------------------------
+
+def _short(text: str) -> str:
+    return text if len(text) <= LABEL_CHARS else text[:LABEL_CHARS - 3] + "..."
+
+
+def _plot_task(ax, task: str, records: list[dict]) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    minimize, base, rows = _minimize(records), _baseline(records), frontier(records)
+    counts = Counter(r.get("status") for r in records)
+    # Zoom on the region between best and baseline, as the upstream's plot does; far-off scores sit at the edge.
+    values = [s for s in (_number(r.get("score")) for r in records) if s is not None]
+    lo, hi = (min(values), max(values)) if values else (0.0, 1.0)
+    if base is not None and rows:
+        span = abs(base - rows[-1][1]) or abs(base) * 0.01 or 1.0
+        lo, hi = max(lo, min(base, rows[-1][1]) - 3 * span), min(hi, max(base, rows[-1][1]) + 3 * span)
+    pad = (hi - lo) or 1.0
+    lo, hi = lo - 0.1 * pad, hi + 0.25 * pad  # headroom for the rotated labels
+    # Runs that were not kept are faded; those without a score (crash, rejected, ...) sit on the bottom edge.
+    for status, color, marker in (("discard", "#bbbbbb", "o"), ("rejected", "#d98c8c", "o"),
+                                  ("interrupted", "#8caad9", "o"), ("crash", "#e74c3c", "x")):
+        runs = [(_iteration(r), _number(r.get("score"))) for r in records if r.get("status") == status]
+        pts = [(x, min(max(y, lo), hi)) for x, y in runs if y is not None]
+        edge = [x for x, y in runs if y is None]
+        label = f"{status} ({len(runs)})"
+        if pts:
+            ax.scatter(*zip(*pts), c=color, marker=marker, s=16, alpha=0.6, zorder=2, label=label)
+            label = None
+        if edge:
+            ax.scatter(edge, [0.03] * len(edge), transform=ax.get_xaxis_transform(), c=color, marker=marker,
+                       s=30 if marker == "x" else 16, alpha=0.8, zorder=3, label=label)
+    if rows:
+        xs = [_iteration(r) for r, _, _ in rows]
+        ax.scatter(xs, [_number(r["score"]) for r, _, _ in rows], c="#2ecc71", s=50, zorder=4,
+                   edgecolors="black", linewidths=0.5, label=f"kept ({counts['keep']})")
+        last = max(_iteration(r) for r in records)
+        ax.step(xs + [last], [b for _, b, _ in rows] + [rows[-1][1]], where="post", color="#27ae60",
+                linewidth=2, alpha=0.7, zorder=3, label="running best")
+        for r, _, _ in rows:
+            label = _short(_one_line(r.get("description")) or str(r.get("status")))
+            note = ax.annotate(label, (_iteration(r), _number(r["score"])), textcoords="offset points",
+                               xytext=(6, 6), fontsize=8, color="#1a7a3a", rotation=30, ha="left", va="bottom")
+            note.set_in_layout(False)
+    ax.set_ylim(lo, hi)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("iteration")
+    metric = next((r["metric"] for r in records if r.get("metric")), "score")
+    ax.set_ylabel(f"{metric} ({'lower' if minimize else 'higher'} is better)")
+    ax.set_title(f"{task}: {len(records)} iterations, {counts['keep']} kept, {counts['crash']} crashed")
+    ax.legend(loc="upper right" if minimize else "lower right", fontsize=8)
+    ax.grid(True, alpha=0.2)
+
+
+def progress_png(tasks: dict[str, list[dict]]) -> bytes:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(FIG_WIDTH_IN, TASK_HEIGHT_IN * max(1, len(tasks))), dpi=DPI)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(max(1, len(tasks)), 1, squeeze=False)[:, 0]
+    for ax, (task, records) in zip(axes, tasks.items()):
+        _plot_task(ax, task, records)
+    if not tasks:
+        axes[0].text(0.5, 0.5, "no records yet", ha="center", va="center", transform=axes[0].transAxes)
+    fig.tight_layout()
+    out = io.BytesIO()
+    fig.savefig(out, format="png", dpi=DPI)
+    return out.getvalue()
+
+
+# ---------------------------------------------------------------------------
+# results.tsv (the upstream's format) and the entry points
+# ---------------------------------------------------------------------------
+
+def results_tsv(tasks: dict[str, list[dict]]) -> str:
+    """Upstream columns; interrupted runs are left out; with several tasks each description starts `[task] `."""
+    rows = [TSV_HEADER]
+    for task, records in tasks.items():
+        for r in records:
+            status = TSV_STATUS.get(r.get("status"))
+            if status is None:
+                continue
+            score = None if status == "crash" else _number(r.get("score"))
+            vram = None if status == "crash" else _number((r.get("metrics") or {}).get("peak_vram_mb"))
+            desc = _one_line(r.get("description")) or str(r.get("status"))
+            desc = f"[{task}] {desc}" if len(tasks) > 1 else desc
+            commit = str(r.get("commit") or "")[:7] or "-"
+            rows.append(f"{commit}\t{score or 0.0:.6f}\t{(vram or 0.0) / 1024:.1f}\t{status}\t{desc}")
+    return "\n".join(rows) + "\n"
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_report(results_path: str | os.PathLike, out_dir: str | os.PathLike | None = None,
+                 tsv: bool = False) -> list[Path]:
+    """Write progress.png, report.md (and results.tsv) into out_dir (default: beside results); return the paths."""
+    results_path = Path(results_path)
+    out = Path(out_dir) if out_dir is not None else results_path.parent
+    out.mkdir(parents=True, exist_ok=True)
+    tasks = by_task(load_records(results_path))
+    files = {out / "progress.png": progress_png(tasks),
+             out / "report.md": report_markdown(tasks, results_path).encode()}
+    if tsv:
+        files[out / "results.tsv"] = results_tsv(tasks).encode()
+    for path, data in files.items():
+        _write_atomic(path, data)
+    return list(files)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m pytest_autoresearch.report", description=__doc__.split("\n")[0])
+    p.add_argument("results", nargs="?", default="work/results.jsonl", type=Path)
+    p.add_argument("--out", type=Path, help="output folder (default: the results file's folder)")
+    p.add_argument("--tsv", action="store_true", help="also write results.tsv in the upstream's format")
+    args = p.parse_args(argv)
+    if not args.results.is_file():
+        print(f"report: error: {args.results}: no such file", file=sys.stderr)
+        return 2
+    for path in write_report(args.results, args.out, args.tsv):
+        print(f"report: wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,104 @@
+"""results.jsonl: one JSON object per line, appended under a file lock, never rewritten."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock
+
+STATUSES = ("baseline", "keep", "discard", "crash", "rejected", "interrupted")
+
+
+@dataclass
+class Record:
+    task: str
+    iteration: int  # 0 for a baseline record
+    status: str
+    metric: str
+    direction: str
+    started_at: str  # ISO 8601, UTC
+    worker: str  # "main" or an xdist id like "gw0"
+    score: float | None = None  # mean over `scores`
+    scores: list[float] = field(default_factory=list)
+    baseline_score: float | None = None
+    baseline_scores: list[float] = field(default_factory=list)
+    baseline_hash: str | None = None
+    candidate_hash: str | None = None
+    files_changed: int = 0
+    lines_changed: int = 0
+    reason: str = ""
+    description: str = ""
+    log: str | None = None
+    duration_s: float = 0.0
+    mutator_s: float = 0.0
+    runner_s: float = 0.0
+    commit: str | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    statistic: dict[str, Any] | None = None
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), allow_nan=False, default=str)
+
+
+def mean(scores: list[float]) -> float | None:
+    return sum(scores) / len(scores) if scores else None
+
+
+class ResultsStore:
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.lock = FileLock(str(self.path) + ".lock")
+        self.counters = Path(str(self.path) + ".next.json")  # iteration numbers handed out but not yet recorded
+
+    def append(self, record: Record) -> None:
+        line = record.to_json() + "\n"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.lock, open(self.path, "a", encoding="utf-8") as f:
+            f.write(line)
+            f.flush()
+            os.fsync(f.fileno())
+
+    def records(self, task: str | None = None) -> list[dict[str, Any]]:
+        try:
+            lines = self.path.read_text(encoding="utf-8").splitlines()
+        except FileNotFoundError:
+            return []
+        out = []
+        for line in lines:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line from a crashed writer of another tool; ours are written whole
+            if isinstance(record, dict) and (task is None or record.get("task") == task):
+                out.append(record)
+        return out
+
+    def scores_for(self, task: str, content_hash: str) -> list[float]:
+        """Scores already measured for this artifact content: a baseline record, else a kept candidate's."""
+        baseline, kept = [], []
+        for record in self.records(task):
+            if record.get("status") == "baseline" and record.get("baseline_hash") == content_hash:
+                baseline = record.get("scores") or [record["score"]]
+            elif record.get("status") == "keep" and record.get("candidate_hash") == content_hash:
+                kept = record.get("scores") or [record["score"]]
+        return [float(s) for s in (baseline or kept)]
+
+    def reserve_iteration(self, task: str) -> int:
+        """Next iteration number for task, unique even across concurrent xdist workers."""
+        with self.lock:
+            recorded = max((int(r.get("iteration", 0)) for r in self.records(task)), default=0)
+            try:
+                handed_out = json.loads(self.counters.read_text(encoding="utf-8"))
+            except (FileNotFoundError, json.JSONDecodeError):
+                handed_out = {}
+            number = max(recorded, int(handed_out.get(task, 0))) + 1
+            handed_out[task] = number
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.counters.with_name(self.counters.name + f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(handed_out), encoding="utf-8")
+            os.replace(tmp, self.counters)
+            return number

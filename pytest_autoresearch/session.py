@@ -1,0 +1,132 @@
+"""The autoresearch session: registered only when --autoresearch is on, so a plain test run never
+sees these hooks. Collects task.yaml files, labels outcomes (KEPT / DISCARDED), sums up per task."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .engine import Engine
+from .items import IterationItem, TaskFile
+from .results import ResultsStore
+
+TASK_FILE = "task.yaml"
+SESSION_PLUGIN_NAME = "autoresearch-session"
+
+
+@dataclass(frozen=True)
+class Options:
+    """The --autoresearch option group, read once."""
+    enabled: bool
+    iterations: int
+    results: Path
+    commit: bool
+    fail_on_discard: bool
+
+    @classmethod
+    def from_config(cls, config: pytest.Config) -> Options:
+        iterations = config.getoption("autoresearch_iterations")
+        if config.getoption("autoresearch") and iterations < 1:
+            raise pytest.UsageError(f"--autoresearch-iterations must be >= 1, got {iterations}")
+        results = config.getoption("autoresearch_results")
+        path = (config.invocation_params.dir / results) if results else config.rootpath / "work" / "results.jsonl"
+        return cls(enabled=config.getoption("autoresearch"), iterations=iterations, results=path.resolve(),
+                   commit=config.getoption("autoresearch_commit"),
+                   fail_on_discard=config.getoption("autoresearch_fail_on_discard"))
+
+
+@dataclass
+class TaskSummary:
+    direction: str = "maximize"
+    counts: dict[str, int] = field(default_factory=dict)
+    first: tuple[int, float | None] | None = None  # (iteration, baseline score) of the earliest iteration
+    best: float | None = None  # best kept score
+
+    def add(self, outcome: dict[str, Any]) -> None:
+        self.direction = outcome["direction"]
+        self.counts[outcome["status"]] = self.counts.get(outcome["status"], 0) + 1
+        if self.first is None or outcome["iteration"] < self.first[0]:
+            self.first = (outcome["iteration"], outcome["baseline_score"])
+        score = outcome["score"]
+        if outcome["status"] == "keep" and score is not None:
+            better = self.best is None or (score > self.best if self.direction == "maximize" else score < self.best)
+            self.best = score if better else self.best
+
+
+class AutoresearchSession:
+    def __init__(self, config: pytest.Config, options: Options) -> None:
+        self.config = config
+        self.options = options
+        worker = getattr(config, "workerinput", {}).get("workerid", "main")
+        self.engine = Engine(rootdir=config.rootpath.resolve(), results=ResultsStore(options.results),
+                             worker=worker, commit=options.commit)
+        self.summaries: dict[str, TaskSummary] = {}
+
+    # ------------------------------------------------------------------------
+    # Collection: task.yaml files only (explicitly named files aside)
+
+    def pytest_ignore_collect(self, collection_path: Path) -> bool | None:
+        if collection_path.is_file() and collection_path.name != TASK_FILE:
+            return True
+        return None
+
+    def pytest_collect_file(self, file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
+        if file_path.name == TASK_FILE:
+            return TaskFile.from_parent(parent, path=file_path)
+        return None
+
+    # ------------------------------------------------------------------------
+    # Reporting (runs on the xdist controller from the workers' reports)
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo[None]):
+        report = yield
+        record = getattr(item, "record", None)
+        if isinstance(item, IterationItem) and record is not None and report.when == "call":
+            report.autoresearch = {"task": record.task, "iteration": record.iteration, "status": record.status,
+                                   "score": record.score, "baseline_score": record.baseline_score,
+                                   "direction": record.direction}
+        return report
+
+    def pytest_report_teststatus(self, report: pytest.TestReport) -> tuple[str, str, Any] | None:
+        outcome = getattr(report, "autoresearch", None)
+        if outcome is None or report.when != "call":
+            return None
+        status, score, base = outcome["status"], outcome["score"], outcome["baseline_score"]
+        shown = "" if score is None else f" {score:.6g}"
+        if score is not None and base is not None:
+            shown += f" ({score - base:+.4g} vs {base:.6g})"
+        if report.failed:
+            return "failed", "F", (f"{status.upper()}{shown}", {"red": True})
+        if status == "keep":
+            return "kept", "K", (f"KEPT{shown}", {"green": True})
+        return "discarded", "D", (f"DISCARDED{shown}", {"yellow": True})
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        outcome = getattr(report, "autoresearch", None)
+        if outcome is not None and report.when == "call":
+            self.summaries.setdefault(outcome["task"], TaskSummary()).add(outcome)
+
+    def pytest_terminal_summary(self, terminalreporter) -> None:
+        if not self.summaries:
+            return
+        tr = terminalreporter
+        tr.write_sep("=", "autoresearch")
+        header = f"{'task':<24} {'iters':>5} {'kept':>5} {'disc':>5} {'crash':>5} {'rej':>5} " \
+                 f"{'baseline':>12} {'best':>12} {'delta':>10}"
+        tr.write_line(header)
+        for name, s in sorted(self.summaries.items()):
+            base = s.first[1] if s.first else None
+            best = s.best if s.best is not None else base
+            delta = f"{best - base:+.4g}" if best is not None and base is not None else "-"
+            cells = [s.counts.get(k, 0) for k in ("keep", "discard", "crash", "rejected")]
+            tr.write_line(f"{name:<24} {sum(s.counts.values()):>5} " + " ".join(f"{c:>5}" for c in cells) +
+                          f" {_num(base):>12} {_num(best):>12} {delta:>10}")
+        tr.write_line(f"results: {self.engine.shown(self.options.results)}")
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.6g}"

@@ -1,0 +1,238 @@
+"""task.yaml (version 1): load, validate, and freeze into a Task.
+
+Every problem becomes a TaskError whose message is one line, "path: key: message",
+so an agent (or a human) can fix the file without reading a traceback.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import yaml
+
+from .policy import Policy, make_policy
+
+WORKSPACE = "workspace"  # `mutator: workspace`: the candidate is the edit already in the workspace
+DIRECTIONS = ("minimize", "maximize")
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # task names become folder names under work/logs
+
+TOP_KEYS = ("name", "description", "artifacts", "protected", "mutation", "mutator", "runner", "scorer", "policy")
+REQUIRED_TOP_KEYS = ("artifacts", "mutator", "runner", "scorer")
+MUTATION_KEYS = ("max_files", "max_lines")
+MUTATOR_KEYS = ("command", "timeout")
+RUNNER_KEYS = ("command", "timeout", "gpus")
+SCORER_KEYS = ("metric", "pattern", "direction")
+DEFAULT_MUTATOR_TIMEOUT = 300.0
+DEFAULT_RUNNER_TIMEOUT = 600.0
+
+
+class TaskError(Exception):
+    """A task.yaml problem; str() is the one-line "path: key: message"."""
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    description: str
+    path: Path  # the task.yaml file
+    rootdir: Path  # the repository being researched (pytest's rootdir)
+    artifacts: tuple[str, ...]
+    protected: tuple[str, ...]
+    max_files: int | None  # None: no limit
+    max_lines: int | None
+    mutator_command: str | None  # None: workspace mode
+    mutator_timeout: float
+    runner_command: str
+    runner_timeout: float
+    gpus: int
+    metric: str
+    pattern: re.Pattern[str]
+    direction: str
+    policy: Policy
+
+    @property
+    def workspace_mode(self) -> bool:
+        return self.mutator_command is None
+
+    def is_artifact(self, rel: str) -> bool:
+        return any(_glob_regex(g).match(rel) for g in self.artifacts) and not self.is_protected(rel)
+
+    def is_protected(self, rel: str) -> bool:
+        return any(_glob_regex(g).match(rel) for g in self.protected)
+
+
+# ----------------------------------------------------------------------------
+# Repo-relative globs: `*` and `?` stay inside one path component, `**` spans any number
+# of folders, a trailing `/` means everything below that folder. (fnmatch lets `*` cross `/`.)
+
+_GLOB_CACHE: dict[str, re.Pattern[str]] = {}
+
+
+def _glob_regex(glob: str) -> re.Pattern[str]:
+    if glob not in _GLOB_CACHE:
+        pattern = glob + "**" if glob.endswith("/") else glob
+        out, i = [], 0
+        while i < len(pattern):
+            if pattern.startswith("**/", i):
+                out.append("(?:.*/)?")
+                i += 3
+            elif pattern.startswith("**", i):
+                out.append(".*")
+                i += 2
+            elif pattern[i] == "*":
+                out.append("[^/]*")
+                i += 1
+            elif pattern[i] == "?":
+                out.append("[^/]")
+                i += 1
+            elif pattern[i] == "[" and (end := pattern.find("]", i + 2)) != -1:
+                body = pattern[i + 1:end]
+                out.append("[^" + re.escape(body[1:]) + "]" if body.startswith("!") else "[" + re.escape(body) + "]")
+                i = end + 1
+            else:
+                out.append(re.escape(pattern[i]))
+                i += 1
+        _GLOB_CACHE[glob] = re.compile("".join(out) + r"\Z")
+    return _GLOB_CACHE[glob]
+
+
+# ----------------------------------------------------------------------------
+# Loading
+
+
+def load_task(path: Path, rootdir: Path) -> Task:
+    path, rootdir = Path(path).resolve(), Path(rootdir).resolve()
+    try:
+        shown = path.relative_to(rootdir).as_posix()
+    except ValueError:
+        shown = str(path)
+
+    def fail(key: str, message: str) -> TaskError:
+        return TaskError(f"{shown}: {key}: {message}")
+
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        raise fail("yaml", f"not valid YAML: {getattr(e, 'problem', None) or e}{where}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise fail("file", f"cannot read: {e}") from None
+    if not isinstance(data, Mapping):
+        raise fail("file", f"must be a mapping of keys, got {type(data).__name__}")
+    _check_keys(data, TOP_KEYS, "", fail)
+    for key in REQUIRED_TOP_KEYS:
+        if key not in data:
+            raise fail(key, "missing required key")
+
+    name = data.get("name", path.parent.name)
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise fail("name", f"must be a string of letters, digits, '.', '_' or '-', got {name!r}")
+    description = data.get("description", "")
+    if not isinstance(description, str):
+        raise fail("description", f"must be a string, got {type(description).__name__}")
+    artifacts = _globs(data["artifacts"], "artifacts", fail, required=True)
+    protected = _globs(data.get("protected", []), "protected", fail, required=False)
+
+    mutation = _mapping(data.get("mutation", {}), "mutation", MUTATION_KEYS, fail)
+    max_files = _number(mutation, "max_files", None, "mutation", fail, integer=True)
+    max_lines = _number(mutation, "max_lines", None, "mutation", fail, integer=True)
+
+    mutator = data["mutator"]
+    if mutator == WORKSPACE:
+        mutator_command, mutator_timeout = None, DEFAULT_MUTATOR_TIMEOUT
+    elif isinstance(mutator, str):
+        raise fail("mutator", f"must be 'workspace' or a mapping with command/timeout, got {mutator!r}")
+    else:
+        mutator = _mapping(mutator, "mutator", MUTATOR_KEYS, fail)
+        mutator_command = _command(mutator, "mutator", fail)
+        mutator_timeout = _number(mutator, "timeout", DEFAULT_MUTATOR_TIMEOUT, "mutator", fail)
+
+    runner = _mapping(data["runner"], "runner", RUNNER_KEYS, fail)
+    runner_command = _command(runner, "runner", fail)
+    runner_timeout = _number(runner, "timeout", DEFAULT_RUNNER_TIMEOUT, "runner", fail)
+    gpus = _number(runner, "gpus", 0, "runner", fail, integer=True)
+
+    scorer = _mapping(data["scorer"], "scorer", SCORER_KEYS, fail)
+    metric = scorer.get("metric")
+    if not isinstance(metric, str) or not metric.strip():
+        raise fail("scorer.metric", "missing required key" if metric is None else f"must be a non-empty string, got {metric!r}")
+    raw_pattern = scorer.get("pattern", rf"^{re.escape(metric)}:\s*(\S+)")
+    if not isinstance(raw_pattern, str):
+        raise fail("scorer.pattern", f"must be a string, got {type(raw_pattern).__name__}")
+    try:
+        pattern = re.compile(raw_pattern)
+    except re.error as e:
+        raise fail("scorer.pattern", f"bad regex {raw_pattern!r}: {e}") from None
+    if pattern.groups < 1:
+        raise fail("scorer.pattern", f"regex {raw_pattern!r} needs a group (...) capturing the number")
+    direction = scorer.get("direction")
+    if direction not in DIRECTIONS:
+        raise fail("scorer.direction", "missing required key (minimize or maximize)" if direction is None
+                   else f"must be minimize or maximize, got {direction!r}")
+
+    policy_spec = data.get("policy") or {}
+    try:
+        policy = make_policy(policy_spec)
+    except ValueError as e:  # the policy module names its key ("policy.repeats: ...")
+        message = str(e)
+        key, _, rest = message.partition(": ")
+        raise fail(key if key.startswith("policy") else "policy", rest if key.startswith("policy") else message) from None
+
+    return Task(name=name, description=description, path=path, rootdir=rootdir, artifacts=artifacts,
+                protected=protected, max_files=max_files, max_lines=max_lines, mutator_command=mutator_command,
+                mutator_timeout=mutator_timeout, runner_command=runner_command, runner_timeout=runner_timeout,
+                gpus=gpus, metric=metric, pattern=pattern, direction=direction, policy=policy)
+
+
+def _check_keys(data: Mapping[str, Any], allowed: tuple[str, ...], prefix: str, fail) -> None:
+    for key in data:
+        if key not in allowed:
+            raise fail(f"{prefix}{key}", f"unknown key (expected one of: {', '.join(allowed)})")
+
+
+def _mapping(value: Any, key: str, allowed: tuple[str, ...], fail) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise fail(key, f"must be a mapping, got {type(value).__name__}")
+    _check_keys(value, allowed, f"{key}.", fail)
+    return value
+
+
+def _command(section: Mapping[str, Any], key: str, fail) -> str:
+    command = section.get("command")
+    if command is None:
+        raise fail(f"{key}.command", "missing required key")
+    if not isinstance(command, str) or not command.strip():
+        raise fail(f"{key}.command", f"must be a non-empty string, got {command!r}")
+    return command
+
+
+def _number(section: Mapping[str, Any], key: str, default, prefix: str, fail, integer: bool = False):
+    value = section.get(key, default)
+    if value is None:
+        return None
+    kind = int if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kind) or value < 0 or (not integer and value == 0):
+        want = "an integer >= 0" if integer else "a number > 0"
+        raise fail(f"{prefix}.{key}", f"must be {want}, got {value!r}")
+    return value if integer else float(value)
+
+
+def _globs(value: Any, key: str, fail, required: bool) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or (required and not value):
+        raise fail(key, f"must be a non-empty list of repo-relative globs, got {value!r}" if required
+                   else f"must be a list of repo-relative globs, got {value!r}")
+    for glob in value:
+        if not isinstance(glob, str) or not glob.strip():
+            raise fail(key, f"each entry must be a non-empty string, got {glob!r}")
+        if glob.startswith(("/", "\\", "~")) or re.match(r"^[A-Za-z]:", glob):
+            raise fail(key, f"{glob!r} is an absolute path; use a path relative to the repository root")
+        if ".." in PurePosixPath(glob.replace("\\", "/")).parts:
+            raise fail(key, f"{glob!r} escapes the repository ('..')")
+    return tuple(value)

@@ -1,0 +1,63 @@
+"""Shared fixtures: a tiny prepared cache (data shards + tokenizer) cut from the offline corpus."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+SHARED_CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
+TINY_TRAIN_ROWS = 300
+TINY_VAL_ROWS = 60
+TINY_VOCAB_SIZE = 512
+
+
+def write_corpus_slice(dest: Path, train_rows: int = TINY_TRAIN_ROWS, val_rows: int = TINY_VAL_ROWS) -> Path:
+    """A --source folder: the first rows of shard_00000 (train.parquet) and of shard_val (shard_val.parquet).
+
+    Skips the calling test when the shared corpus is absent."""
+    if not (SHARED_CORPUS / "shard_val.parquet").exists():
+        pytest.skip(f"shared corpus not found at {SHARED_CORPUS}")
+    import pyarrow.parquet as pq
+
+    dest.mkdir(parents=True, exist_ok=True)
+    for name, out_name, rows in (("shard_00000.parquet", "train.parquet", train_rows),
+                                 ("shard_val.parquet", "shard_val.parquet", val_rows)):
+        table = pq.ParquetFile(SHARED_CORPUS / name).read_row_group(0, columns=["text"]).slice(0, rows)
+        pq.write_table(table, dest / out_name)
+    return dest
+
+
+@pytest.fixture(scope="session")
+def make_corpus_slice():
+    """write_corpus_slice(dest, train_rows, val_rows), for tests that need their own source folder."""
+    return write_corpus_slice
+
+
+@pytest.fixture(scope="session")
+def tiny_source(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Folder of parquet files usable as `prepare.py --source`: ~300 train and 60 val documents."""
+    return write_corpus_slice(tmp_path_factory.mktemp("tiny_source"))
+
+
+@pytest.fixture(scope="session")
+def tiny_cache(tiny_source: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A prepared cache folder (data/ + tokenizer/ with vocab 512), built once per session.
+
+    Point prepare at it with AUTORESEARCH_CACHE (the `use_tiny_cache` fixture does); treat it as read-only.
+    """
+    import prepare
+
+    cache = tmp_path_factory.mktemp("tiny_cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("AUTORESEARCH_CACHE", str(cache))
+        prepare.build_from_source(tiny_source)
+        prepare.train_tokenizer(vocab_size=TINY_VOCAB_SIZE)
+    return cache
+
+
+@pytest.fixture
+def use_tiny_cache(tiny_cache: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Sets AUTORESEARCH_CACHE to the tiny cache for one test."""
+    monkeypatch.setenv("AUTORESEARCH_CACHE", str(tiny_cache))
+    return tiny_cache

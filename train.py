@@ -1,0 +1,688 @@
+"""
+Autoresearch pretraining script: one GPU (or MPS, or CPU at toy size), one file.
+A small GPT in the style of nanochat, trained with Muon + AdamW for a fixed wall-clock budget,
+then scored by prepare.evaluate_bpb. Edit the constants below directly; there are no CLI flags.
+Usage: uv run train.py
+"""
+
+import time
+T_PROCESS_START = time.time()  # startup_seconds counts from here: imports, model build, compile, warm-up
+
+import os
+os.environ.setdefault("PYTORCH_ALLOC_CONF", "expandable_segments:True")  # less fragmentation at 40+ GB
+
+import gc
+import math
+import sys
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+from prepare import MAX_SEQ_LEN, TIME_BUDGET, Tokenizer, evaluate_bpb, make_dataloader
+
+# ---------------------------------------------------------------------------
+# Hyperparameters (edit these directly)
+# ---------------------------------------------------------------------------
+
+# Model architecture
+DEPTH = 8               # number of transformer layers; the main size knob
+ASPECT_RATIO = 64       # model_dim = DEPTH * ASPECT_RATIO, rounded up to a multiple of HEAD_DIM
+HEAD_DIM = 128          # dimension of one attention head
+WINDOW_PATTERN = "SSSL" # per-layer attention window, repeated: L = full context, S = half (last layer always L)
+
+# Optimization
+TOTAL_BATCH_SIZE = 2**19   # tokens per optimizer step (~524K), reached by gradient accumulation
+DEVICE_BATCH_SIZE = 128    # sequences per forward/backward pass (lower it if out of memory)
+EMBEDDING_LR = 0.6         # token and value embeddings (AdamW)
+UNEMBEDDING_LR = 0.004     # lm_head (AdamW)
+MATRIX_LR = 0.04           # 2-D weights of the transformer blocks (Muon)
+SCALAR_LR = 0.5            # per-layer residual / x0 mixing scalars (AdamW)
+WEIGHT_DECAY = 0.2         # cautious weight decay for Muon, decayed linearly to 0 over the run
+ADAM_BETAS = (0.8, 0.95)   # AdamW beta1, beta2
+WARMUP_RATIO = 0.0         # fraction of the time budget spent ramping the LR up
+WARMDOWN_RATIO = 0.5       # fraction of the time budget spent ramping the LR down
+FINAL_LR_FRAC = 0.0        # LR at the end of the warm-down, as a fraction of the peak
+
+# Run mechanics
+UNTIMED_STEPS = 5          # first optimizer steps (compilation, autotuning) don't count against TIME_BUDGET
+LOG_EVERY = 10             # progress line (and the only host sync of the loop) every this many steps
+
+# ---------------------------------------------------------------------------
+# GPT model
+# ---------------------------------------------------------------------------
+
+@dataclass
+class GPTConfig:
+    sequence_len: int
+    vocab_size: int
+    n_layer: int
+    n_head: int
+    n_embd: int
+    window_pattern: str
+
+
+def norm(x):
+    # RMSNorm without a learnable weight: the per-layer scalars and the next matrix do that job
+    return F.rms_norm(x, (x.size(-1),))
+
+
+def has_value_embedding(layer_idx, n_layer):
+    # every other layer, counted back from the last one (which always has one)
+    return (n_layer - 1 - layer_idx) % 2 == 0
+
+
+def window_sizes(config):
+    """Attention window per layer, in tokens (a query sees itself and window-1 tokens back)."""
+    pattern = config.window_pattern.upper()
+    assert pattern and set(pattern) <= {"S", "L"}, f"WINDOW_PATTERN must use only S and L, got {config.window_pattern!r}"
+    full, half = config.sequence_len, config.sequence_len // 2
+    sizes = [full if pattern[i % len(pattern)] == "L" else half for i in range(config.n_layer)]
+    sizes[-1] = full  # the last layer always sees the whole context
+    return sizes
+
+
+def band_mask(seq_len, window, device):
+    """Boolean (T, T) mask, True where query i may attend key j: causal and fewer than `window` back."""
+    i = torch.arange(seq_len, device=device)[:, None]
+    j = torch.arange(seq_len, device=device)[None, :]
+    return (j <= i) & (i - j < window)
+
+
+def apply_rotary(x, cos, sin):
+    # x: (B, T, H, D); rotate the pair (first half, second half) of each head by a position-dependent angle
+    d = x.size(-1) // 2
+    x1, x2 = x[..., :d], x[..., d:]
+    return torch.cat([x1 * cos + x2 * sin, x2 * cos - x1 * sin], dim=-1)
+
+
+class Attention:
+    """How attention is computed. Picked once at start-up, shared by every layer.
+
+    full:   "sdpa" (causal SDPA restricted to `sdpa_backends`), "flash_attn" (installed package) or "masked"
+    banded: "flex" (FlexAttention with block masks built once), "flash_attn" or "masked" (SDPA + boolean band mask)
+    """
+
+    def __init__(self, full="masked", banded="masked", sdpa_backends=None, flash_attn_func=None):
+        self.full, self.banded = full, banded
+        self.sdpa_backends = sdpa_backends  # list of SDPBackend, or None for PyTorch's own choice
+        self.flash_attn_func = flash_attn_func
+        self.seq_len = 0       # the length the masks below were built for
+        self.block_masks = {}  # window -> BlockMask (FlexAttention)
+        self.band_masks = {}   # window -> bool (T, T) tensor (masked SDPA)
+
+    def name(self):
+        full = self.full
+        if full == "sdpa" and self.sdpa_backends:
+            full = "+".join(b.name.lower().replace("_attention", "") for b in self.sdpa_backends)
+        return f"{self.banded}+{full}"
+
+    def prepare(self, windows, seq_len, device):
+        """Build every mask once, up front: nothing is allocated per step."""
+        self.seq_len = seq_len
+        for w in set(windows):
+            self.band_masks[w] = band_mask(seq_len, w, device)
+            if self.banded == "flex" and w < seq_len:
+                def mask_mod(b, h, q_idx, kv_idx, w=w):
+                    return (kv_idx <= q_idx) & (q_idx - kv_idx < w)
+                self.block_masks[w] = create_block_mask(mask_mod, None, None, seq_len, seq_len, device=device)
+
+    def __call__(self, q, k, v, window):
+        # q, k, v: (B, T, H, D) -> (B, T, H, D)
+        T = q.size(1)
+        banded = window < T
+        kind = self.banded if banded else self.full
+        if kind == "flash_attn":
+            left = window - 1 if banded else -1
+            return self.flash_attn_func(q, k, v, causal=True, window_size=(left, 0))
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        if kind == "flex" and T == self.seq_len:
+            y = flex_attention(q, k, v, block_mask=self.block_masks[window])
+        elif banded:
+            # a band mask is Toeplitz, so the top-left corner of the prebuilt one serves any shorter T
+            mask = self.band_masks[window][:T, :T] if T <= self.seq_len else band_mask(T, window, q.device)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        elif kind == "sdpa" and self.sdpa_backends:
+            with sdpa_kernel(self.sdpa_backends):
+                y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return y.transpose(1, 2)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config, layer_idx, attention):
+        super().__init__()
+        self.n_head = config.n_head
+        self.head_dim = config.n_embd // config.n_head
+        self.attention = attention
+        self.c_q = nn.Linear(config.n_embd, config.n_embd, bias=False)
+        self.c_k = nn.Linear(config.n_embd, config.n_embd, bias=False)
+        self.c_v = nn.Linear(config.n_embd, config.n_embd, bias=False)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=False)
+        # value embedding gate: a per-head mixing weight computed from the first few channels of the input
+        self.gate_channels = min(32, config.n_embd)
+        self.ve_gate = nn.Linear(self.gate_channels, self.n_head, bias=False) if has_value_embedding(layer_idx, config.n_layer) else None
+
+    def forward(self, x, ve, cos, sin, window):
+        B, T, C = x.shape
+        q = self.c_q(x).view(B, T, self.n_head, self.head_dim)
+        k = self.c_k(x).view(B, T, self.n_head, self.head_dim)
+        v = self.c_v(x).view(B, T, self.n_head, self.head_dim)
+        if ve is not None:
+            # ResFormer-style value residual; gate in (0, 2), exactly 1 at init (zero weights)
+            gate = 2 * torch.sigmoid(self.ve_gate(x[..., :self.gate_channels]))
+            v = v + gate.unsqueeze(-1) * ve.view(B, T, self.n_head, self.head_dim)
+        q, k = norm(apply_rotary(q, cos, sin)), norm(apply_rotary(k, cos, sin))  # QK-norm
+        y = self.attention(q, k, v, window)
+        return self.c_proj(y.reshape(B, T, C))
+
+
+class MLP(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=False)
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=False)
+
+    def forward(self, x):
+        return self.c_proj(F.relu(self.c_fc(x)).square())  # ReLU^2
+
+
+class Block(nn.Module):
+    def __init__(self, config, layer_idx, attention):
+        super().__init__()
+        self.attn = CausalSelfAttention(config, layer_idx, attention)
+        self.mlp = MLP(config)
+
+    def forward(self, x, ve, cos, sin, window):
+        x = x + self.attn(norm(x), ve, cos, sin, window)
+        return x + self.mlp(norm(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, config, attention=None):
+        super().__init__()
+        self.config = config
+        self.attention = attention or Attention()
+        self.windows = window_sizes(config)
+        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
+        self.blocks = nn.ModuleList([Block(config, i, self.attention) for i in range(config.n_layer)])
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        # per-layer mixing: x <- resid_lambda * x + x0_lambda * x0 (x0 = the normed token embedding)
+        self.resid_lambdas = nn.Parameter(torch.ones(config.n_layer))
+        self.x0_lambdas = nn.Parameter(torch.zeros(config.n_layer))
+        self.value_embeds = nn.ModuleDict({
+            str(i): nn.Embedding(config.vocab_size, config.n_embd)
+            for i in range(config.n_layer) if has_value_embedding(i, config.n_layer)
+        })
+        cos, sin = self._rotary_tables(config.sequence_len, config.n_embd // config.n_head)
+        self.register_buffer("cos", cos, persistent=False)
+        self.register_buffer("sin", sin, persistent=False)
+
+    @staticmethod
+    def _rotary_tables(seq_len, head_dim, base=10000.0):
+        inv_freq = base ** -(torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+        angles = torch.outer(torch.arange(seq_len, dtype=torch.float32), inv_freq)
+        return angles.cos()[None, :, None, :], angles.sin()[None, :, None, :]  # (1, T, 1, D/2)
+
+    @torch.no_grad()
+    def init_weights(self, low_precision=None):
+        nn.init.normal_(self.wte.weight, std=1.0)
+        nn.init.normal_(self.lm_head.weight, std=0.001)
+        bound = (3 / self.config.n_embd) ** 0.5  # uniform with std 1/sqrt(n_embd)
+        for block in self.blocks:
+            for lin in (block.attn.c_q, block.attn.c_k, block.attn.c_v, block.mlp.c_fc):
+                nn.init.uniform_(lin.weight, -bound, bound)
+            nn.init.zeros_(block.attn.c_proj.weight)  # every block starts as the identity
+            nn.init.zeros_(block.mlp.c_proj.weight)
+            if block.attn.ve_gate is not None:
+                nn.init.zeros_(block.attn.ve_gate.weight)
+        for ve in self.value_embeds.values():
+            nn.init.uniform_(ve.weight, -bound, bound)
+        self.resid_lambdas.fill_(1.0)
+        self.x0_lambdas.fill_(0.1)
+        if low_precision is not None:
+            # embeddings are only gathered from: storing them in bf16 halves their memory traffic
+            self.wte.to(low_precision)
+            for ve in self.value_embeds.values():
+                ve.to(low_precision)
+            self.cos, self.sin = self.cos.to(low_precision), self.sin.to(low_precision)
+
+    def num_params(self):
+        return sum(p.numel() for p in self.parameters())
+
+    def flops_per_token(self):
+        """Forward + backward FLOPs per token: 6 per matmul weight, plus attention over each layer's window."""
+        gathered = self.wte.weight.numel() + sum(ve.weight.numel() for ve in self.value_embeds.values())
+        scalars = self.resid_lambdas.numel() + self.x0_lambdas.numel()
+        matmul = 6 * (self.num_params() - gathered - scalars)
+        T = self.config.sequence_len
+        attention = sum(12 * self.config.n_embd * min(w, T) for w in self.windows)
+        return matmul + attention
+
+    def forward(self, idx, targets=None, reduction="mean"):
+        B, T = idx.shape
+        assert T <= self.cos.size(1), f"sequence length {T} exceeds the model's {self.cos.size(1)}"
+        cos, sin = self.cos[:, :T], self.sin[:, :T]
+        x = x0 = norm(self.wte(idx))
+        for i, block in enumerate(self.blocks):
+            x = self.resid_lambdas[i] * x + self.x0_lambdas[i] * x0
+            ve = self.value_embeds[str(i)](idx) if str(i) in self.value_embeds else None
+            x = block(x, ve, cos, sin, self.windows[i])
+        logits = self.lm_head(norm(x)).float()
+        logits = 15 * torch.tanh(logits / 15)  # soft cap: logits stay in (-15, 15)
+        if targets is None:
+            return logits
+        loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1, reduction=reduction)
+        return loss.view(B, T) if reduction == "none" else loss
+
+# ---------------------------------------------------------------------------
+# Optimizer: Muon for the blocks' matrices, AdamW for everything else
+# ---------------------------------------------------------------------------
+
+# Polar Express (Amsel et al., 2025): per-iteration coefficients of the odd polynomial
+# a*X + b*(XX^T)X + c*(XX^T)^2 X that drives all singular values of X towards 1 in a few steps.
+POLAR_EXPRESS_COEFFS = [
+    (8.156554524902461, -22.48329292557795, 15.878769915207462),
+    (4.042929935166739, -2.808917465908714, 0.5000178451051316),
+    (3.8916678022926607, -2.772484153217685, 0.5060648178503393),
+    (3.285753657755655, -2.3681294933425376, 0.46449024233003106),
+    (2.3465413258596377, -1.7097828382687081, 0.42323551169305323),
+]
+
+
+def orthogonalize(G, steps=5, dtype=torch.bfloat16):
+    """Approximate the orthogonal polar factor U V^T of G (..., m, n). Singular values end up near 1."""
+    X = G.to(dtype)
+    tall = X.size(-2) > X.size(-1)
+    if tall:
+        X = X.mT  # iterate on the wide orientation: the Gram matrix is then the small one
+    X = X / (X.norm(dim=(-2, -1), keepdim=True) * 1.02 + 1e-6)  # spectral norm <= Frobenius norm < 1
+    for a, b, c in POLAR_EXPRESS_COEFFS[:steps]:
+        A = X @ X.mT
+        X = a * X + (b * A + c * (A @ A)) @ X
+    return X.mT if tall else X
+
+
+def muon_update(params, grads, momentum_buf, variance_buf, momentum, lr, wd, beta2, ns_steps, ns_dtype):
+    """One Muon step for a list of same-shape matrices, stacked so every kernel runs once per group."""
+    g = torch.stack(grads)
+    p = torch.stack(params)
+    momentum_buf.lerp_(g, 1 - momentum)
+    g = g.lerp(momentum_buf, momentum)  # Nesterov
+    u = orthogonalize(g, ns_steps, ns_dtype).float()
+    # NorMuon: normalise each output row (or column, for wide matrices) by a running RMS of its update,
+    # then rescale so the whole update keeps the norm the orthogonalization gave it
+    red_dim = -1 if u.size(-2) >= u.size(-1) else -2
+    variance_buf.lerp_(u.square().mean(dim=red_dim, keepdim=True), 1 - beta2)
+    scaled = u * variance_buf.clamp_min(1e-10).rsqrt()
+    u = scaled * (u.norm(dim=(-2, -1), keepdim=True) / scaled.norm(dim=(-2, -1), keepdim=True).clamp_min(1e-10))
+    # cautious weight decay: decay only coordinates where the update already points towards zero
+    decay = wd * p * ((u * p) >= 0)
+    p = p - lr * (u + decay)
+    torch._foreach_copy_(params, list(p.to(params[0].dtype).unbind(0)))
+
+
+def adamw_update(param, grad, exp_avg, exp_avg_sq, step, lr, beta1, beta2, eps, wd):
+    param.mul_(1 - lr * wd)
+    exp_avg.lerp_(grad, 1 - beta1)
+    exp_avg_sq.lerp_(grad.square(), 1 - beta2)
+    denom = (exp_avg_sq / (1 - beta2 ** step)).sqrt() + eps
+    param.add_(exp_avg / denom * (-lr / (1 - beta1 ** step)))
+
+
+class MuonAdamW(torch.optim.Optimizer):
+    """Groups carry kind='muon' (list of same-shape 2-D params) or kind='adamw'.
+
+    Hyperparameters reach the update functions as 0-d tensors, so a compiled update is traced once and
+    the schedule changing lr/momentum every step never triggers a recompile.
+    """
+
+    def __init__(self, param_groups, compile_updates=False, ns_dtype=torch.bfloat16):
+        super().__init__(param_groups, defaults={})
+        wrap = (lambda f: torch.compile(f, dynamic=False, fullgraph=True)) if compile_updates else (lambda f: f)
+        self._muon, self._adamw = wrap(muon_update), wrap(adamw_update)
+        self.compiled = compile_updates
+        self.ns_dtype = ns_dtype
+        self._scalars = {name: torch.tensor(0.0) for name in ("step", "lr", "beta1", "beta2", "eps", "wd", "momentum")}
+
+    def _scalar(self, name, value):
+        if not self.compiled:
+            return value  # eager: plain floats work on every device
+        t = self._scalars[name]
+        t.fill_(value)
+        return t
+
+    @torch.no_grad()
+    def step(self):
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            if group["kind"] == "muon":
+                state = self.state[params[0]]
+                if not state:
+                    n, (rows, cols) = len(params), params[0].shape
+                    state["momentum_buf"] = torch.zeros(n, rows, cols, device=params[0].device)
+                    state["variance_buf"] = torch.zeros((n, rows, 1) if rows >= cols else (n, 1, cols), device=params[0].device)
+                rows, cols = params[0].shape
+                lr = group["lr"] * max(1.0, rows / cols) ** 0.5  # keep the update's RMS per input comparable
+                self._muon(params, [p.grad for p in params], state["momentum_buf"], state["variance_buf"],
+                           self._scalar("momentum", group["momentum"]), self._scalar("lr", lr),
+                           self._scalar("wd", group["weight_decay"]), self._scalar("beta2", group["beta2"]),
+                           group["ns_steps"], self.ns_dtype)
+            else:
+                for p in params:
+                    state = self.state[p]
+                    if not state:
+                        state["step"] = 0
+                        state["exp_avg"] = torch.zeros_like(p)
+                        state["exp_avg_sq"] = torch.zeros_like(p)
+                    state["step"] += 1
+                    self._adamw(p, p.grad, state["exp_avg"], state["exp_avg_sq"], self._scalar("step", state["step"]),
+                                self._scalar("lr", group["lr"]), self._scalar("beta1", group["betas"][0]),
+                                self._scalar("beta2", group["betas"][1]), self._scalar("eps", group["eps"]),
+                                self._scalar("wd", group["weight_decay"]))
+
+
+def build_optimizer(model, compile_updates, ns_dtype):
+    # AdamW rates were tuned at model dim 768; scale them by 1/sqrt(dim/768) for other widths
+    scale = (model.config.n_embd / 768) ** -0.5
+    adam = dict(kind="adamw", betas=ADAM_BETAS, eps=1e-10, weight_decay=0.0)
+    groups = [
+        dict(adam, params=[model.lm_head.weight], lr=UNEMBEDDING_LR * scale),
+        dict(adam, params=[model.wte.weight] + list(model.value_embeds.parameters()), lr=EMBEDDING_LR * scale),
+        dict(adam, params=[model.resid_lambdas], lr=SCALAR_LR * 0.01),
+        dict(adam, params=[model.x0_lambdas], lr=SCALAR_LR, betas=(0.96, 0.95)),
+    ]
+    matrices = list(model.blocks.parameters())
+    for shape in sorted({p.shape for p in matrices}):
+        groups.append(dict(kind="muon", params=[p for p in matrices if p.shape == shape], lr=MATRIX_LR,
+                           momentum=0.95, beta2=0.95, ns_steps=5, weight_decay=WEIGHT_DECAY))
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters())), "a parameter has no optimizer group"
+    optimizer = MuonAdamW(groups, compile_updates=compile_updates, ns_dtype=ns_dtype)
+    for group in optimizer.param_groups:
+        group["initial_lr"] = group["lr"]
+    return optimizer
+
+# ---------------------------------------------------------------------------
+# Device, precision and attention back-end
+# ---------------------------------------------------------------------------
+
+# Dense bf16 tensor-core peak, FLOP/s, for MFU. Matched as substrings of the device name, in order.
+PEAK_BF16_FLOPS = [
+    ("GH200", 989.5e12), ("H100", 989.5e12), ("H200", 989.5e12), ("H800", 989.5e12), ("H20", 148e12),
+    ("B200", 2250e12), ("A100", 312e12), ("A800", 312e12), ("L40S", 362e12), ("RTX 4090", 165.2e12),
+    ("RTX 3090", 71e12), ("A10G", 70e12),
+]
+
+
+def detect_device():
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def peak_flops(device):
+    if device.type != "cuda":
+        return 0.0
+    name = torch.cuda.get_device_name(device)
+    return next((flops for key, flops in PEAK_BF16_FLOPS if key in name), 0.0)
+
+
+def time_cuda(fn, iters=5):
+    fn()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(iters):
+        fn()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / iters
+
+
+def pick_sdpa_backend(B, H, T, D, dtype, device):
+    """Time causal SDPA forward+backward at the real shape on each fused back-end; return the fastest.
+
+    cuDNN's kernel is usually the faster one on Hopper; PyTorch's flash kernel (FA2) on Ampere. Measuring
+    costs well under a second and keeps us right on whatever card and library versions we meet.
+    """
+    q, k, v = (torch.randn(B, H, T, D, device=device, dtype=dtype, requires_grad=True) for _ in range(3))
+    timings = {}
+    for backend in (SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION):
+        def fwd_bwd():
+            with sdpa_kernel([backend]):
+                F.scaled_dot_product_attention(q, k, v, is_causal=True).sum().backward()
+        try:
+            timings[backend] = time_cuda(fwd_bwd)
+        except Exception as e:  # back-end unsupported on this card / build / shape
+            print(f"sdpa {backend.name}: unavailable ({type(e).__name__})")
+    del q, k, v
+    if not timings:
+        return None
+    print("sdpa timings (fwd+bwd ms): " + ", ".join(f"{b.name}={ms:.2f}" for b, ms in timings.items()))
+    return [min(timings, key=timings.get)]
+
+
+def import_flash_attn():
+    """flash-attn's function if a package is installed (never downloaded), else None."""
+    for module in ("flash_attn_interface", "flash_attn"):  # FA3 (Hopper build), then FA2
+        try:
+            return getattr(__import__(module), "flash_attn_func")
+        except Exception:
+            continue
+    return None
+
+
+def attention_plans(device, sdpa_backends):
+    """Candidate (Attention, compile?) pairs, fastest first; the first that survives a training step wins."""
+    if device.type != "cuda":
+        return [(Attention("masked", "masked"), False)]  # torch.compile is only relied on with CUDA
+    plans = []
+    fa = import_flash_attn()
+    if fa is not None:
+        plans.append((Attention("flash_attn", "flash_attn", flash_attn_func=fa), True))
+    plans.append((Attention("sdpa", "flex", sdpa_backends), True))
+    if sdpa_backends:
+        plans.append((Attention("sdpa", "flex"), True))  # in case pinning the back-end is what broke
+    plans.append((Attention("sdpa", "masked"), True))
+    plans.append((Attention("masked", "masked"), False))  # last resort: eager, PyTorch's default kernels
+    return plans
+
+# ---------------------------------------------------------------------------
+# Schedules (progress = training time / TIME_BUDGET)
+# ---------------------------------------------------------------------------
+
+def lr_multiplier(progress):
+    if progress < WARMUP_RATIO:
+        return progress / WARMUP_RATIO
+    if progress < 1.0 - WARMDOWN_RATIO:
+        return 1.0
+    t = (1.0 - progress) / WARMDOWN_RATIO  # 1 -> 0 across the warm-down
+    return FINAL_LR_FRAC + (1.0 - FINAL_LR_FRAC) * t
+
+
+def muon_momentum(step):
+    return 0.85 + 0.10 * min(step / 300, 1.0)  # low momentum while the loss moves fast early on
+
+# ---------------------------------------------------------------------------
+# Training
+# ---------------------------------------------------------------------------
+
+def fail(message):
+    print(f"\n{message}")
+    print("FAIL", flush=True)
+    sys.exit(1)
+
+
+def main():
+    seed = int(os.environ.get("AUTORESEARCH_SEED", "42"))
+    torch.manual_seed(seed)
+    device = detect_device()
+    use_cuda = device.type == "cuda"
+    bf16 = use_cuda and torch.cuda.get_device_capability(device) >= (8, 0)
+    amp_dtype = torch.bfloat16 if bf16 else None
+    autocast = torch.amp.autocast(device_type="cuda", dtype=torch.bfloat16) if bf16 else nullcontext()
+    if use_cuda:
+        torch.set_float32_matmul_precision("high")
+    print(f"device: {device.type}{' (' + torch.cuda.get_device_name(device) + ')' if use_cuda else ''} | "
+          f"precision: {'bf16' if bf16 else 'fp32'} | seed: {seed}")
+
+    tokenizer = Tokenizer.from_directory()
+    model_dim = -(-DEPTH * ASPECT_RATIO // HEAD_DIM) * HEAD_DIM  # round up to whole heads
+    config = GPTConfig(sequence_len=MAX_SEQ_LEN, vocab_size=tokenizer.get_vocab_size(), n_layer=DEPTH,
+                       n_head=model_dim // HEAD_DIM, n_embd=model_dim, window_pattern=WINDOW_PATTERN)
+    print(f"model config: {asdict(config)}")
+    tokens_per_pass = DEVICE_BATCH_SIZE * MAX_SEQ_LEN
+    if TOTAL_BATCH_SIZE % tokens_per_pass:
+        sys.exit(f"train.py: TOTAL_BATCH_SIZE ({TOTAL_BATCH_SIZE}) must be a multiple of DEVICE_BATCH_SIZE * MAX_SEQ_LEN ({tokens_per_pass})")
+    grad_accum = TOTAL_BATCH_SIZE // tokens_per_pass
+
+    # fused SDPA kernels need 16-bit inputs: only worth timing where we train in bf16
+    sdpa_backends = pick_sdpa_backend(DEVICE_BATCH_SIZE, config.n_head, MAX_SEQ_LEN, HEAD_DIM, torch.bfloat16, device) if bf16 else None
+
+    train_loader = make_dataloader(tokenizer, DEVICE_BATCH_SIZE, MAX_SEQ_LEN, "train")
+    x, y, epoch = next(train_loader)
+
+    # Build the model under each attention plan until one survives a full forward+backward (this step
+    # is also the compile, so a working first plan costs nothing extra). Weights are re-initialised from
+    # the same seed for each try, so the run doesn't depend on which plan won.
+    for attention, compiled in attention_plans(device, sdpa_backends):
+        torch.manual_seed(seed)
+        with torch.device(device):
+            model = GPT(config, attention)
+        model.init_weights(low_precision=amp_dtype)
+        attention.prepare(model.windows, MAX_SEQ_LEN, device)
+        train_model = torch.compile(model, dynamic=False, fullgraph=True) if compiled else model
+        try:
+            with autocast:
+                loss = train_model(x, y)
+            (loss / grad_accum).backward()
+            break
+        except Exception as e:
+            print(f"attention {attention.name()} ({'compiled' if compiled else 'eager'}) failed: {type(e).__name__}: {str(e)[:300]}")
+            del model, train_model, attention
+            gc.collect()
+            if compiled:
+                torch._dynamo.reset()
+            if use_cuda:
+                torch.cuda.empty_cache()
+    else:
+        sys.exit("train.py: no attention back-end could run a training step (errors above)")
+    print(f"attention: {attention.name()} | compiled: {compiled}")
+
+    num_params = model.num_params()
+    flops_per_token = model.flops_per_token()
+    print(f"parameters: {num_params:,} | flops/token: {flops_per_token:.3e} | grad accumulation: {grad_accum}")
+    optimizer = build_optimizer(model, compile_updates=compiled, ns_dtype=torch.bfloat16 if bf16 else torch.float32)
+    peak = peak_flops(device)
+    print(f"time budget: {TIME_BUDGET}s (after {UNTIMED_STEPS} untimed warm-up steps)")
+
+    def sync():
+        if use_cuda:
+            torch.cuda.synchronize()
+        elif device.type == "mps":
+            torch.mps.synchronize()
+
+    # ----- the loop -----
+    bad_loss = torch.zeros((), dtype=torch.bool, device=device)  # sticky flag: checked at log steps only
+    step, training_time, budget_start = 0, 0.0, None
+    first_micro_done = True  # the plan probe above already ran micro-step 0 of step 0
+    log_t, log_step = time.time(), 0
+    while True:
+        t_step = time.time()
+        loss_sum = torch.zeros((), device=device)
+        for micro in range(grad_accum):
+            if first_micro_done:
+                first_micro_done = False
+            else:
+                with autocast:
+                    loss = train_model(x, y)
+                (loss / grad_accum).backward()
+            loss_sum += loss.detach().float()
+            x, y, epoch = next(train_loader)
+        train_loss = loss_sum / grad_accum
+        bad_loss |= ~torch.isfinite(train_loss) | (train_loss > 100)
+
+        progress = min(training_time / TIME_BUDGET, 1.0)
+        lrm = lr_multiplier(progress)
+        for group in optimizer.param_groups:
+            group["lr"] = group["initial_lr"] * lrm
+            if group["kind"] == "muon":
+                group["momentum"] = muon_momentum(step)
+                group["weight_decay"] = WEIGHT_DECAY * (1 - progress)
+        optimizer.step()
+        model.zero_grad(set_to_none=True)
+        step += 1
+
+        if step == UNTIMED_STEPS:
+            # warm-up over: compiled, autotuned, allocator settled. Freeze what exists so the cyclic GC
+            # (pauses of hundreds of ms) has nothing to scan, and start the clock.
+            sync()
+            gc.collect()
+            gc.freeze()
+            gc.disable()
+            budget_start = time.time()
+            log_t, log_step = budget_start, step
+        elif step > UNTIMED_STEPS:
+            training_time = time.time() - budget_start  # host clock; the GPU lags by at most a step or so
+        done = step > UNTIMED_STEPS and training_time >= TIME_BUDGET
+
+        if step % LOG_EVERY == 0 or done or step <= UNTIMED_STEPS:
+            sync()
+            if bad_loss.item():
+                fail(f"step {step}: loss is NaN, infinite or above 100 ({train_loss.item():.4g})")
+            now = time.time()
+            if step > UNTIMED_STEPS:
+                training_time = now - budget_start
+            dt = (now - log_t) / max(step - log_step, 1) if step > UNTIMED_STEPS else now - t_step
+            log_t, log_step = now, step
+            tok_per_sec = TOTAL_BATCH_SIZE / dt
+            mfu = 100 * flops_per_token * tok_per_sec / peak if peak else 0.0
+            remaining = max(0.0, TIME_BUDGET - training_time)
+            print(f"step {step:05d} ({100 * progress:.1f}%) | loss {train_loss.item():.6f} | lrm {lrm:.2f} | "
+                  f"dt {dt * 1000:.0f}ms | tok/s {tok_per_sec:,.0f} | mfu {mfu:.1f}% | epoch {epoch} | "
+                  f"remaining {remaining:.0f}s", flush=True)
+        if done:
+            break
+
+    sync()
+    training_time = time.time() - budget_start
+    timed_steps = step - UNTIMED_STEPS
+    startup_seconds = budget_start - T_PROCESS_START
+
+    model.eval()
+    with autocast:
+        val_bpb = evaluate_bpb(train_model, tokenizer, DEVICE_BATCH_SIZE)
+    if not math.isfinite(val_bpb):
+        fail(f"val_bpb is not finite ({val_bpb})")
+
+    mfu = 100 * flops_per_token * TOTAL_BATCH_SIZE * timed_steps / training_time / peak if peak and training_time > 0 else 0.0
+    if use_cuda:
+        peak_vram_mb = torch.cuda.max_memory_allocated(device) / 1024**2
+    elif device.type == "mps":
+        peak_vram_mb = torch.mps.driver_allocated_memory() / 1024**2
+    else:
+        peak_vram_mb = 0.0
+    print("---")
+    print(f"val_bpb:          {val_bpb:.6f}")
+    print(f"training_seconds: {training_time:.1f}")
+    print(f"total_seconds:    {time.time() - T_PROCESS_START:.1f}")
+    print(f"startup_seconds:  {startup_seconds:.1f}")
+    print(f"peak_vram_mb:     {peak_vram_mb:.1f}")
+    print(f"mfu_percent:      {mfu:.2f}")
+    print(f"total_tokens_M:   {step * TOTAL_BATCH_SIZE / 1e6:.1f}")
+    print(f"num_steps:        {step}")
+    print(f"num_params_M:     {num_params / 1e6:.1f}")
+    print(f"depth:            {DEPTH}")
+
+
+if __name__ == "__main__":
+    main()
