@@ -91,4 +91,4 @@ class InvalidTaskItem(pytest.Item):
         return super().repr_failure(excinfo, style)
 
     def reportinfo(self) -> tuple[Path, int | None, str]:
-        return self.path, None, "invalid task.yaml"
+        return self.path, None, self.nodeid.rpartition("::")[0]

@@ -35,12 +35,16 @@ def run_iteration(engine: Engine, task: Task, description: str = "") -> Record:
     scratch = Path(tempfile.mkdtemp(prefix=f"autoresearch-{task.name}-"))
     try:
         extra_env = {"CUDA_VISIBLE_DEVICES": visible_devices(engine.worker, task.gpus)} if task.gpus else {}
-        with open(log_path, "wb") as log:
-            if task.workspace_mode:
-                with engine.lock(f"task-{task.name}"):  # the workspace is one shared candidate
-                    _workspace_iteration(engine, task, record, scratch, log, extra_env)
-            else:
-                _sandbox_iteration(engine, task, record, scratch, log, extra_env)
+    except RuntimeError as e:  # too few GPUs: a crash of this iteration, not of the engine
+        record.reason, extra_env = str(e), None
+    try:
+        if extra_env is not None:
+            with open(log_path, "wb") as log:
+                if task.workspace_mode:
+                    with engine.lock(f"task-{task.name}"):  # the workspace is one shared candidate
+                        _workspace_iteration(engine, task, record, scratch, log, extra_env)
+                else:
+                    _sandbox_iteration(engine, task, record, scratch, log, extra_env)
     except KeyboardInterrupt:
         record.status, record.reason = "interrupted", "interrupted by the user"
         raise

@@ -24,7 +24,8 @@ noise-aware ({kind: noise-aware, repeats: 5, confidence: 0.95, min_delta: 0.0})
     Early stop: after >= 2 candidate runs, if the mirror test says the candidate
     falls short of baseline + min_delta with the given confidence, it is
     discarded without spending the remaining runs. Otherwise the verdict is
-    "continue" until `repeats` runs; only then can it be "keep".
+    "continue" until `repeats` runs; only then can it be "keep". (No "can it
+    still reach keep" bound is used: Gaussian noise has no worst case.)
 
     Edge cases (each is reported in Decision.statistic["test"]):
       - one side has a single score: its variance is unknown, so the other

@@ -145,7 +145,7 @@ def test_packing_takes_the_longest_fitting_document_and_crops_the_shortest_when_
 
 
 def test_dataloader_yields_shifted_bos_aligned_int64_batches(tokenizer, use_tiny_cache):
-    loader = prepare.make_dataloader(tokenizer, 3, 64, "train", device="cpu")
+    loader = prepare.make_dataloader(tokenizer, 3, 64, "train", buffer_size=16, device="cpu")
     for _ in range(3):
         x, y, epoch = next(loader)
         assert x.shape == y.shape == (3, 64) and x.dtype == y.dtype == torch.int64
@@ -185,7 +185,7 @@ class RecordingModel(torch.nn.Module):
 
 
 def test_uniform_model_scores_log2_vocab_over_bytes_per_token(tokenizer, token_bytes, use_tiny_cache, capsys):
-    log_v = math.log(tokenizer.get_vocab_size())
+    log_v = torch.tensor(math.log(tokenizer.get_vocab_size())).item()  # as float32, like the model's output
     model = RecordingModel(lambda y: torch.full(y.shape, log_v))
     bpb = prepare.evaluate_bpb(model, tokenizer, batch_size=2)
     targets = torch.cat([y.reshape(-1) for y in model.targets])
@@ -198,12 +198,11 @@ def test_uniform_model_scores_log2_vocab_over_bytes_per_token(tokenizer, token_b
 
 
 def test_special_token_targets_count_neither_nats_nor_bytes(tokenizer, token_bytes, use_tiny_cache, monkeypatch, capsys):
-    monkeypatch.setattr(prepare, "MAX_SEQ_LEN", 32)
-    monkeypatch.setattr(prepare, "EVAL_TOKENS", 5 * 4 * 32)
+    monkeypatch.setattr(prepare, "EVAL_TOKENS", 5 * 2 * prepare.MAX_SEQ_LEN)  # 5 batches of 2 rows
     bos = tokenizer.get_bos_token_id()
     # flat (B*T,) losses; BOS targets get a huge loss that must not leak into the metric
     model = RecordingModel(lambda y: (y.float() / 100 + (y == bos).float() * 1e6).reshape(-1))
-    bpb = prepare.evaluate_bpb(model.train(False), tokenizer, batch_size=4)
+    bpb = prepare.evaluate_bpb(model.train(False), tokenizer, batch_size=2)
     assert len(model.targets) == 5 and not model.training
     targets = torch.cat([y.reshape(-1) for y in model.targets])
     assert bool((targets == bos).any())
@@ -254,7 +253,7 @@ class ShardServer:
 
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/data"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
 
 
 @pytest.fixture

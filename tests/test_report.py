@@ -155,3 +155,12 @@ def test_cli_missing_file_is_one_line_error(tmp_path: Path) -> None:
                           env=env, cwd=tmp_path)
     assert done.returncode == 2
     assert done.stderr.strip() == f"report: error: {Path('work/results.jsonl')}: no such file"
+
+
+def test_no_records_still_reports(tmp_path: Path) -> None:
+    path = tmp_path / "results.jsonl"
+    path.write_text("{truncated by a crash\n")
+    paths = report.write_report(path, tmp_path / "out", tsv=True)
+    assert _png_size(paths[0]) == (1400, 500)
+    assert "0 records, 0 tasks" in paths[1].read_text(encoding="utf-8")
+    assert paths[2].read_text(encoding="utf-8") == "commit\tval_bpb\tmemory_gb\tstatus\tdescription\n"

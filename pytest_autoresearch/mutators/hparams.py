@@ -4,7 +4,11 @@ The engine runs `python -m pytest_autoresearch.mutators.hparams` in the sandbox 
 `.py` file matching AUTORESEARCH_ARTIFACTS, rewriting only the value text of `NAME = value  # comment`
 lines, and writes the description "NAME old → new[, NAME2 old → new]" to AUTORESEARCH_DESCRIPTION_FILE
 (`parse_description` reads it back). results.jsonl says which changes were tried (never repeated, nor a
-kept change undone) and which directions helped (tried again more often). Same seed + results -> same edit.
+kept change undone) and which directions helped (tried again more often). Same AUTORESEARCH_SEED,
+AUTORESEARCH_ITERATION and results -> same edit. Pairs of changes only where AUTORESEARCH_MAX_LINES >= 4
+(each changed constant is 2 diff lines). AUTORESEARCH_HPARAMS / AUTORESEARCH_HPARAMS_SKIP (comma lists)
+restrict the names; by hand: --file, --seed, --results, --names, --skip. Exit 0, also when nothing is left
+to try (then the file is unchanged); exit 2 with one line on stderr for bad input.
 
 Step rules, first match wins:
   bool                                  toggled
@@ -43,8 +47,9 @@ FACTORS = (1.25, 1.5)
 ZERO_STEPS = (0.05, 0.1)  # a multiplicative step cannot leave 0.0 (e.g. WARMUP_RATIO = 0.0)
 # prepare.py's fixed constants: a train.py that redefined them would move the goalposts, not improve.
 NEVER_TOUCH = frozenset({"MAX_SEQ_LEN", "TIME_BUDGET", "EVAL_TOKENS", "VOCAB_SIZE"})
-# Facts about the world, not choices: hardware peaks, and seeds (a new seed only mines the noise).
-NEVER_TOUCH_WORDS = frozenset({"FLOPS", "SEED", "VERSION"})
+# Not research choices: hardware facts, seeds (a new seed only mines the noise), logging cadence, and
+# UNTIMED steps (they don't count against the time budget: more of them is free training, not progress).
+NEVER_TOUCH_WORDS = frozenset({"FLOPS", "SEED", "VERSION", "EVERY", "UNTIMED"})
 # How one outcome scales the weight of trying the same (name, direction) again.
 OUTCOME_WEIGHT = {"keep": 2.0, "discard": 0.7, "rejected": 0.7, "crash": 0.4}
 PAIR_PROBABILITY = 0.25
@@ -52,7 +57,7 @@ NAME_RE = re.compile(r"[A-Z][A-Z0-9_]*")
 POW2_TEXT_RE = re.compile(r"2\s*\*\*\s*\d+")
 ARROW = " → "
 
-Change = tuple  # (name, old value, new value)
+Change = tuple[str, object, object]  # (name, old value, new value)
 
 
 class MutatorError(Exception):
@@ -229,7 +234,7 @@ def parse_description(text: str) -> list[Change]:
     """(name, old, new) for each `NAME old → new` of a description `describe` wrote; [] for any other text."""
     changes = []
     for part in re.split(r", (?=[A-Z][A-Z0-9_]* )", text.strip()):
-        m = re.fullmatch(r"([A-Z][A-Z0-9_]*) (.+?) → (.+)", part)
+        m = re.fullmatch(rf"([A-Z][A-Z0-9_]*) (.+?){ARROW}(.+)", part)
         old, new = (_eval_text(m[2]), _eval_text(m[3])) if m else (None, None)
         if old is None or new is None:
             return []
@@ -249,9 +254,12 @@ def load_history(results: Path | None, task: str | None) -> list[tuple[str, list
             continue
         if not isinstance(record, dict) or (task and record.get("task") != task):
             continue
-        if record.get("changes"):
-            changes = [(c["name"], _eval_text(c["old"]), _eval_text(c["new"])) for c in record["changes"]]
-        else:
+        try:
+            changes = [(str(c["name"]), _eval_text(str(c["old"])), _eval_text(str(c["new"])))
+                       for c in record.get("changes") or []]
+        except (KeyError, TypeError):  # a hand-written `changes` field that is not this mutator's
+            changes = []
+        if not changes or any(old is None or new is None for _, old, new in changes):
             changes = parse_description(str(record.get("description", "")))
         if changes:
             history.append((str(record.get("status", "")), changes))

@@ -1,0 +1,358 @@
+"""The autoresearch pytest plugin end to end: real inner pytest sessions, real mutator/runner subprocesses."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+import xml.etree.ElementTree as ET
+
+import pytest
+
+from autoresearch_helpers import PY, REPO_ROOT, plugin_args, records, write_task
+
+pytest_plugins = ["pytester"]
+
+RECORD_KEYS = {"task", "iteration", "status", "metric", "score", "scores", "baseline_score", "baseline_scores",
+               "direction", "baseline_hash", "candidate_hash", "files_changed", "lines_changed", "reason",
+               "description", "log", "started_at", "duration_s", "mutator_s", "runner_s", "worker", "commit",
+               "metrics", "statistic"}
+
+
+@pytest.fixture
+def research(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch):
+    """Run `pytest --autoresearch ...` in process inside pytester's folder."""
+    monkeypatch.setenv("PYTHONPATH", str(REPO_ROOT))
+    pytester.makeini("[pytest]\n")  # pin the rootdir to the tmp repo
+
+    def run(*args: str) -> pytest.RunResult:
+        return pytester.runpytest_inprocess(*plugin_args(), "--autoresearch", "-p", "no:cacheprovider", *args)
+    return run
+
+
+def value(pytester: pytest.Pytester, name: str = "t") -> str:
+    return (pytester.path / "experiments" / name / "value.txt").read_text()
+
+
+# ----------------------------------------------------------------------------
+# keep / discard / no change
+
+
+def test_keep_writes_the_candidate_and_records_every_field(pytester, research):
+    write_task(pytester.path, step=2)
+    result = research("-v")
+    result.assert_outcomes()  # kept items count as neither passed nor failed
+    assert result.ret == 0
+    result.stdout.fnmatch_lines(["experiments/t/task.yaml::t[[]1[]] KEPT 3 (+2 vs 1)*", "*1 kept*"])
+    assert value(pytester) == "3\n"
+    baseline, keep = records(pytester.path)
+    assert set(keep) >= RECORD_KEYS and set(baseline) >= RECORD_KEYS
+    assert (baseline["status"], baseline["iteration"], baseline["score"]) == ("baseline", 0, 1.0)
+    assert keep["status"] == "keep" and keep["iteration"] == 1 and keep["worker"] == "main"
+    assert (keep["score"], keep["baseline_score"], keep["scores"]) == (3.0, 1.0, [3.0])
+    assert keep["baseline_hash"] == baseline["baseline_hash"] != keep["candidate_hash"]
+    assert (keep["files_changed"], keep["lines_changed"], keep["description"]) == (1, 2, "add 2")
+    assert keep["log"] == "work/logs/t/1.log" and (pytester.path / keep["log"]).is_file()
+    assert re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d", keep["started_at"])
+    assert keep["metrics"] == {"score": 3.0} and keep["commit"] is None
+
+
+def test_discard_leaves_the_workspace_untouched(pytester, research):
+    write_task(pytester.path, step=-1)
+    result = research("-v")
+    assert result.ret == 0
+    result.stdout.fnmatch_lines(["*t[[]1[]] DISCARDED 0 (-1 vs 1)*", "*1 discarded*"])
+    assert value(pytester) == "1\n"
+    assert records(pytester.path)[-1]["status"] == "discard"
+
+
+def test_fail_on_discard_fails_the_item(pytester, research):
+    write_task(pytester.path, step=-1)
+    result = research("--autoresearch-fail-on-discard")
+    assert result.ret == 1
+    result.stdout.fnmatch_lines(["*discarded (--autoresearch-fail-on-discard): not better*"])
+
+
+def test_no_change_is_discarded_without_running(pytester, research):
+    write_task(pytester.path, mutate="pass\n")
+    result = research("-v")
+    assert result.ret == 0
+    last = records(pytester.path)[-1]
+    assert (last["status"], last["reason"], last["score"], last["runner_s"]) == ("discard", "no change", None, 0.0)
+
+
+def test_minimize_direction_keeps_the_lower_score(pytester, research):
+    write_task(pytester.path, step=-1, spec={"scorer": {"direction": "minimize"}})
+    research()
+    assert value(pytester) == "0\n" and records(pytester.path)[-1]["status"] == "keep"
+
+
+# ----------------------------------------------------------------------------
+# Rejections: each names the path or the count; the workspace is untouched
+
+
+REJECTIONS = {
+    "outside-artifacts": ("open('notes.txt', 'w').write('x')", {}, "changed outside artifacts: notes.txt"),
+    "protected": ("open('prepare.py', 'a').write('#')", {"protected": ["prepare.py"]},
+                  "protected file changed: prepare.py"),
+    "link-escaping": ("import os; os.symlink('/etc/passwd', 'experiments/t/leak.txt')",
+                      {"artifacts": ["experiments/t/*.txt"]}, "link points outside the sandbox: experiments/t/leak.txt"),
+    "max-files": ("[open(f'experiments/t/{i}.txt', 'w').write('1') for i in range(3)]",
+                  {"artifacts": ["experiments/t/*.txt"], "mutation": {"max_files": 2}}, "3 files changed > max_files 2"),
+    "max-lines": ("open('experiments/t/value.txt', 'w').write('2\\n' * 50)", {"mutation": {"max_lines": 40}},
+                  "51 lines changed > max_lines 40"),
+}
+
+
+@pytest.mark.parametrize("case", list(REJECTIONS))
+def test_rejection_names_the_path_or_count(pytester, research, case):
+    code, spec, reason = REJECTIONS[case]
+    (pytester.path / "prepare.py").write_text("PREPARED = 1\n")
+    write_task(pytester.path, mutate=code + "\n", spec=spec)
+    result = research()
+    assert result.ret == 1
+    result.stdout.fnmatch_lines([f"*rejected: {reason}*"])
+    last = records(pytester.path)[-1]
+    assert last["status"] == "rejected" and last["reason"].startswith(reason) and last["runner_s"] == 0.0
+    assert value(pytester) == "1\n" and not (pytester.path / "notes.txt").exists()
+    assert (pytester.path / "prepare.py").read_text() == "PREPARED = 1\n"
+
+
+# ----------------------------------------------------------------------------
+# Crashes: the failure report carries the reason, the log path and the log's last lines
+
+
+def test_mutator_timeout_kills_its_process_group(pytester, research):
+    pidfile = pytester.path / "child.pid"
+    mutate = (f"import subprocess, sys\n"
+              f"child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
+              f"open({str(pidfile)!r}, 'w').write(str(child.pid))\nimport time; time.sleep(60)\n")
+    write_task(pytester.path, mutate=mutate, spec={"mutator": {"timeout": 1}})
+    result = research()
+    assert result.ret == 1
+    result.stdout.fnmatch_lines(["*crash: mutator timed out after 1s*"])
+    child = int(pidfile.read_text())
+    with pytest.raises(ProcessLookupError):  # killed with its group (then reaped by init), not left running
+        for _ in range(50):
+            os.kill(child, 0)
+            time.sleep(0.1)
+    assert records(pytester.path)[-1]["status"] == "crash"
+
+
+def test_runner_crash_shows_the_traceback(pytester, research):
+    score = ('import pathlib, os\nv = pathlib.Path(os.environ["VALUE_FILE"]).read_text().strip()\n'
+             'if v != "1":\n    raise RuntimeError("exploded at value " + v)\nprint("score:", v)\n')
+    write_task(pytester.path, score=score)
+    result = research()
+    assert result.ret == 1
+    result.stdout.fnmatch_lines(["*crash: runner exited with code 1*", "*log: work/logs/t/1.log (last * lines)*",
+                                 "*RuntimeError: exploded at value 2*"])
+    assert value(pytester) == "1\n"
+
+
+def test_missing_metric_is_a_crash(pytester, research):
+    write_task(pytester.path, score='print("score: 1") if open("experiments/t/value.txt").read() == "1\\n" '
+                                    'else print("nothing")\n')
+    result = research()
+    assert result.ret == 1
+    result.stdout.fnmatch_lines(["*crash: no metric: no line of the runner's stdout matches*"])
+
+
+# ----------------------------------------------------------------------------
+# Baselines are scored once per content hash
+
+
+def test_baseline_scored_once_and_reused_by_hash(pytester, research):
+    write_task(pytester.path, step=-1)
+    research("--autoresearch-iterations", "2")
+    research()
+    recs = records(pytester.path)
+    assert [r["status"] for r in recs] == ["baseline", "discard", "discard", "discard"]
+    assert {r["baseline_hash"] for r in recs} == {recs[0]["baseline_hash"]}
+    assert [r["iteration"] for r in recs] == [0, 1, 2, 3]
+
+
+def test_kept_candidate_scores_serve_as_the_next_baseline(pytester, research):
+    write_task(pytester.path, step=1)
+    research("--autoresearch-iterations", "3")
+    recs = records(pytester.path)
+    assert [r["status"] for r in recs] == ["baseline", "keep", "keep", "keep"]
+    assert [r["baseline_score"] for r in recs[1:]] == [1.0, 2.0, 3.0]
+    assert recs[2]["baseline_hash"] == recs[1]["candidate_hash"]
+
+
+def test_noise_aware_policy_scores_baseline_repeats_times_with_seeds(pytester, research):
+    score = 'import os\nprint("score:", 10 + int(os.environ["AUTORESEARCH_SEED"]) % 2 + (open("experiments/t/value.txt").read() != "1\\n") * 5)\n'
+    write_task(pytester.path, score=score,
+               spec={"policy": {"kind": "noise-aware", "repeats": 3, "confidence": 0.9}})
+    research()
+    baseline, keep = records(pytester.path)
+    assert baseline["scores"] == [10.0, 11.0, 10.0]  # seeds 42, 43, 44
+    assert keep["status"] == "keep" and keep["scores"] == [15.0, 16.0, 15.0]
+    assert keep["statistic"]["n_candidate"] == 3
+
+
+# ----------------------------------------------------------------------------
+# Workspace mode: the agent's own edit is the candidate
+
+
+def test_workspace_mode_keeps_then_restores(pytester, research):
+    write_task(pytester.path, spec={"mutator": "workspace"})
+    research()  # first run: the workspace as found becomes the baseline
+    assert [r["status"] for r in records(pytester.path)] == ["baseline", "discard"]
+    (pytester.path / "experiments/t/value.txt").write_text("5\n")  # the agent's improving edit
+    research()
+    assert records(pytester.path)[-1]["status"] == "keep" and value(pytester) == "5\n"
+    (pytester.path / "experiments/t/value.txt").write_text("4\n")  # a worse edit
+    result = research("-v")
+    result.stdout.fnmatch_lines(["*DISCARDED 4 (-1 vs 5)*"])
+    assert value(pytester) == "5\n"  # restored to the last kept state
+    assert [r["status"] for r in records(pytester.path)][-1] == "discard"
+
+
+def test_workspace_mode_rejection_restores_artifacts(pytester, research):
+    write_task(pytester.path, spec={"mutator": "workspace", "mutation": {"max_lines": 1}})
+    research()
+    (pytester.path / "experiments/t/value.txt").write_text("7\n8\n9\n")
+    result = research()
+    result.stdout.fnmatch_lines(["*rejected: 4 lines changed > max_lines 1*"])
+    assert value(pytester) == "1\n"
+
+
+# ----------------------------------------------------------------------------
+# Command line, reports, inertness
+
+
+def test_junitxml_carries_the_score(pytester, research):
+    write_task(pytester.path, step=3)
+    research("--junitxml=report.xml")
+    props = {p.get("name"): p.get("value") for p in ET.parse(pytester.path / "report.xml").iter("property")}
+    assert props["score"] == "4.0" and props["baseline_score"] == "1.0" and props["status"] == "keep"
+
+
+def test_terminal_summary_table(pytester, research):
+    write_task(pytester.path, "up", step=1)
+    write_task(pytester.path, "down", step=-1)
+    result = research("--autoresearch-iterations", "2")
+    result.stdout.fnmatch_lines(["*= autoresearch =*", "task*iters*kept*disc*crash*rej*baseline*best*delta",
+                                 "down*2*0*2*0*0*1*1*+0", "up*2*2*0*0*0*1*3*+2", "results: work/results.jsonl"])
+
+
+def test_results_option_and_explicit_paths(pytester, research):
+    write_task(pytester.path, "a")
+    write_task(pytester.path, "b")
+    research("experiments/b", "--autoresearch-results", "out/r.jsonl")
+    lines = (pytester.path / "out/r.jsonl").read_text().splitlines()
+    assert len(lines) == 2 and all('"task": "b"' in line for line in lines)
+
+
+def test_inert_without_the_flag(pytester, monkeypatch):
+    write_task(pytester.path)
+    pytester.makepyfile(test_plain="def test_ok():\n    assert True\n")
+    result = pytester.runpytest_inprocess(*plugin_args(), "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)
+    assert not (pytester.path / "work").exists()
+
+
+def test_only_task_files_are_collected_under_autoresearch(pytester, research):
+    write_task(pytester.path)
+    (pytester.path / "experiments" / "test_inside.py").write_text("def test_x():\n    assert False\n")
+    result = research("-v")
+    assert result.ret == 0
+    assert "test_inside" not in result.stdout.str()
+
+
+def test_commit_records_the_hash(pytester, research):
+    write_task(pytester.path, step=1)
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    pytester.run(*git[:1], "init", "-q")
+    pytester.run(*git, "add", "-A")
+    pytester.run(*git, "commit", "-qm", "init")
+    monkeypatch_env = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+                       "GIT_COMMITTER_EMAIL": "t@t"}
+    os.environ.update(monkeypatch_env)
+    try:
+        research("--autoresearch-commit")
+    finally:
+        for key in monkeypatch_env:
+            os.environ.pop(key)
+    keep = records(pytester.path)[-1]
+    log = pytester.run("git", "log", "-1", "--format=%H%n%s%n%b").stdout.lines
+    assert keep["commit"] == log[0] and re.match(r"[0-9a-f]{40}$", log[0])
+    assert log[1] == "autoresearch t #1: score 1 -> 2" and "add 1" in log
+    assert pytester.run("git", "status", "--porcelain", "experiments").stdout.lines == []
+
+
+# ----------------------------------------------------------------------------
+# Bad task.yaml files: one line naming the file and key; the other tasks still run
+
+
+BAD_TASKS = {
+    "missing-key": ({"runner": None}, "experiments/missing-key/task.yaml: runner: missing required key"),
+    "wrong-type": ({"runner": {"timeout": "soon"}}, "experiments/wrong-type/task.yaml: runner.timeout: must be a number > 0, got 'soon'"),
+    "unknown-key": ({"scorer": {"metrik": "x"}}, "experiments/unknown-key/task.yaml: scorer.metrik: unknown key*"),
+    "glob-escapes": ({"artifacts": ["../outside/*.py"]}, "experiments/glob-escapes/task.yaml: artifacts: '../outside/*.py' escapes the repository*"),
+    "absolute-path": ({"protected": ["/etc/passwd"]}, "experiments/absolute-path/task.yaml: protected: '/etc/passwd' is an absolute path*"),
+    "bad-regex": ({"scorer": {"pattern": "score: (\\S+"}}, "experiments/bad-regex/task.yaml: scorer.pattern: bad regex*"),
+    "bad-policy": ({"policy": {"kind": "greedy", "repeats": 3}}, "experiments/bad-policy/task.yaml: policy.repeats: not valid for kind greedy*"),
+}
+
+
+def test_bad_task_files_fail_with_one_line_while_others_run(pytester, research):
+    for name, (spec, _) in BAD_TASKS.items():
+        write_task(pytester.path, name, spec=spec)
+    write_task(pytester.path, "broken-yaml", raw="artifacts: [\n")
+    write_task(pytester.path, "good", step=1)
+    result = research("-v")
+    assert result.ret == 1
+    result.stdout.fnmatch_lines(["*experiments/good/task.yaml::good[[]1[]] KEPT*"])
+    out = result.stdout.lines
+    for name, (_, message) in BAD_TASKS.items():
+        # the failure section holds exactly the one line, no traceback
+        result.stdout.fnmatch_lines([f"_* experiments/{name}/task.yaml _*", message.replace("[", "[[]"), "[_=]*"])
+        result.stdout.fnmatch_lines([f"FAILED experiments/{name}/task.yaml::invalid - *"])
+    assert "Traceback" not in result.stdout.str() and "TaskError" not in result.stdout.str()
+    result.stdout.fnmatch_lines(["experiments/broken-yaml/task.yaml: yaml: not valid YAML*"])
+    assert len([line for line in out if line.startswith("FAILED ")]) == len(BAD_TASKS) + 1
+
+
+# ----------------------------------------------------------------------------
+# xdist: parallel iterations stay consistent
+
+
+def test_xdist_parallel_iterations_keep_results_and_workspace_consistent(pytester, monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", str(REPO_ROOT))
+    pytester.makeini("[pytest]\n")
+    mutate = ('import os, pathlib\np = pathlib.Path("experiments/t/value.txt")\n'
+              'n = int(os.environ["AUTORESEARCH_ITERATION"])\n'
+              'p.write_text(f"{int(p.read_text()) + (n % 3) - 1}\\n")\n')
+    write_task(pytester.path, mutate=mutate)
+    result = pytester.runpytest_subprocess(*plugin_args(), "--autoresearch", "-p", "no:cacheprovider", "-n", "2",
+                                           "--autoresearch-iterations", "8", timeout=240)
+    assert result.ret == 0, result.stdout.str()
+    lines = (pytester.path / "work" / "results.jsonl").read_text().splitlines()
+    recs = [json.loads(line) for line in lines]  # every line is one valid JSON record
+    judged = [r for r in recs if r["status"] != "baseline"]
+    assert sorted(r["iteration"] for r in judged) == list(range(1, 9))  # none lost, none duplicated
+    assert {r["worker"] for r in judged} == {"gw0", "gw1"}
+    scores_by_hash = {}
+    for r in recs:
+        if r["status"] in ("baseline", "keep"):
+            scores_by_hash.setdefault(r["candidate_hash"] or r["baseline_hash"], r["score"])
+    assert len([r for r in recs if r["status"] == "baseline"]) == len({r["baseline_hash"] for r in recs if r["status"] == "baseline"})
+    kept = [r for r in judged if r["status"] == "keep"]
+    best = max([r["score"] for r in kept] + [1.0])
+    assert int(value(pytester)) == best  # the workspace holds the best kept candidate, never a stale one
+    assert all(r["score"] > r["baseline_score"] for r in kept)
+
+
+def test_gpu_task_without_gpus_crashes_cleanly(pytester, research, monkeypatch):
+    from pytest_autoresearch.gpus import device_count
+    if device_count() > 0:
+        pytest.skip("this machine has GPUs")
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    write_task(pytester.path, spec={"runner": {"gpus": 1}})
+    result = research()
+    result.stdout.fnmatch_lines(["*crash: runner.gpus is 1 but only 0 GPU(s) are visible*"])
+    assert "Traceback" not in result.stdout.str()
