@@ -178,7 +178,8 @@ class CausalSelfAttention(nn.Module):
             gate = 2 * torch.sigmoid(self.ve_gate(x[..., :self.gate_channels]))
             v = v + gate.unsqueeze(-1) * ve.view(B, T, self.n_head, self.head_dim)
         q, k = norm(apply_rotary(q, cos, sin)), norm(apply_rotary(k, cos, sin))  # QK-norm
-        y = self.attention(q, k, v, window)
+        # fused kernels want one dtype; autocast may leave the normed q, k in fp32 beside a bf16 v
+        y = self.attention(q.to(v.dtype), k.to(v.dtype), v, window)
         return self.c_proj(y.reshape(B, T, C))
 
 
@@ -596,14 +597,14 @@ def main():
     # ----- the loop -----
     bad_loss = torch.zeros((), dtype=torch.bool, device=device)  # sticky flag: checked at log steps only
     step, training_time, budget_start = 0, 0.0, None
-    first_micro_done = True  # the plan probe above already ran micro-step 0 of step 0
+    probe_counts = True  # the plan probe above already ran micro-step 0 of step 0: reuse its loss/grads
     log_t, log_step = time.time(), 0
     while True:
         t_step = time.time()
         loss_sum = torch.zeros((), device=device)
-        for micro in range(grad_accum):
-            if first_micro_done:
-                first_micro_done = False
+        for _ in range(grad_accum):
+            if probe_counts:
+                probe_counts = False
             else:
                 with autocast:
                     loss = train_model(x, y)

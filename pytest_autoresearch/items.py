@@ -25,6 +25,36 @@ class IterationFailed(Exception):
 def autoresearch_iteration(request: pytest.FixtureRequest, autoresearch_engine: Engine) -> None:
     """One research iteration of the item's task (the function every IterationItem calls)."""
     item: IterationItem = request.node
+    _check_patience(request, autoresearch_engine, item)
+    _run_one(request, autoresearch_engine, item)
+
+
+def autoresearch_loop(request: pytest.FixtureRequest, autoresearch_engine: Engine) -> None:
+    """Iterations of the item's task until Ctrl-C, or until patience runs out (--autoresearch-iterations 0).
+    Each iteration is recorded as it ends; a crash or rejection does not stop the loop."""
+    item: IterationItem = request.node
+    while True:
+        _check_patience(request, autoresearch_engine, item, stop=True)
+        del item.user_properties[:]
+        try:
+            _run_one(request, autoresearch_engine, item)
+        except IterationFailed:
+            continue
+
+
+def _check_patience(request: pytest.FixtureRequest, engine: Engine, item: IterationItem, stop: bool = False) -> None:
+    patience = request.config.getoption("autoresearch_patience")
+    if patience and engine.results.misses_in_a_row(item.task.name, item.since) >= patience:
+        if stop and item.record is not None:
+            raise _StopLoop()
+        pytest.skip(f"patience: {patience} iterations in a row without a keep")
+
+
+class _StopLoop(Exception):
+    pass
+
+
+def _run_one(request: pytest.FixtureRequest, autoresearch_engine: Engine, item: IterationItem) -> None:
     record = run_iteration(autoresearch_engine, item.task, os.environ.get("AUTORESEARCH_DESCRIPTION", ""))
     item.record = record
     for key in ("task", "iteration", "status", "metric", "score", "baseline_score", "reason", "log"):
@@ -56,15 +86,31 @@ class TaskFile(pytest.File):
         except TaskError as error:
             yield InvalidTaskItem.from_parent(self, name="invalid", error=error)
             return
-        for k in range(1, self.config.getoption("autoresearch_iterations") + 1):
-            yield IterationItem.from_parent(self, name=f"{task.name}[{k}]", callobj=autoresearch_iteration, task=task)
+        since = self.config.pluginmanager.get_plugin("autoresearch-session").engine.results.last_iteration(task.name)
+        iterations = self.config.getoption("autoresearch_iterations")
+        if iterations == 0:  # one endless loop per xdist worker, so -n N still runs N iterations at once
+            workers = getattr(self.config, "workerinput", {}).get("workercount", 1)
+            for k in range(1, workers + 1):
+                yield IterationItem.from_parent(self, name=f"{task.name}[loop-{k}]", callobj=autoresearch_loop,
+                                                task=task, since=since)
+            return
+        for k in range(1, iterations + 1):
+            yield IterationItem.from_parent(self, name=f"{task.name}[{k}]", callobj=autoresearch_iteration,
+                                            task=task, since=since)
 
 
 class IterationItem(pytest.Function):
-    def __init__(self, *, task: Task, **kwargs) -> None:
+    def __init__(self, *, task: Task, since: int, **kwargs) -> None:
         super().__init__(**kwargs)
         self.task = task
+        self.since = since  # the task's last iteration before this session: patience counts after it
         self.record: Record | None = None
+
+    def runtest(self) -> None:
+        try:
+            super().runtest()
+        except _StopLoop:
+            pass  # out of patience: the loop ends, its last verdict stands
 
     def reportinfo(self) -> tuple[Path, int | None, str]:
         return self.path, None, self.name

@@ -15,7 +15,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--autoresearch", action="store_true", default=False,
                     help="collect task.yaml files under the given paths (default: experiments/) and run iterations")
     group.addoption("--autoresearch-iterations", type=int, default=1, metavar="N",
-                    help="iterations per task (default 1)")
+                    help="iterations per task (default 1); 0: run until interrupted (Ctrl-C) or out of patience")
+    group.addoption("--autoresearch-patience", type=int, default=0, metavar="K",
+                    help="stop a task after K iterations in a row without a keep (default 0: never)")
     group.addoption("--autoresearch-results", default=None, metavar="PATH",
                     help="results file (default: work/results.jsonl under the rootdir)")
     group.addoption("--autoresearch-commit", action="store_true", default=False,

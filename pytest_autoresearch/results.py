@@ -87,10 +87,24 @@ class ResultsStore:
                 kept = record.get("scores") or [record["score"]]
         return [float(s) for s in (baseline or kept)]
 
+    def last_iteration(self, task: str) -> int:
+        return max((int(r.get("iteration", 0)) for r in self.records(task)), default=0)
+
+    def misses_in_a_row(self, task: str, since: int) -> int:
+        """Iterations after `since` that ended without a keep, counted back from the latest."""
+        judged = sorted((r for r in self.records(task) if r.get("status") != "baseline"
+                         and int(r.get("iteration", 0)) > since), key=lambda r: r["iteration"])
+        count = 0
+        for record in reversed(judged):
+            if record.get("status") == "keep":
+                break
+            count += 1
+        return count
+
     def reserve_iteration(self, task: str) -> int:
         """Next iteration number for task, unique even across concurrent xdist workers."""
         with self.lock:
-            recorded = max((int(r.get("iteration", 0)) for r in self.records(task)), default=0)
+            recorded = self.last_iteration(task)
             try:
                 handed_out = json.loads(self.counters.read_text(encoding="utf-8"))
             except (FileNotFoundError, json.JSONDecodeError):

@@ -21,7 +21,8 @@ SESSION_PLUGIN_NAME = "autoresearch-session"
 class Options:
     """The --autoresearch option group, read once."""
     enabled: bool
-    iterations: int
+    iterations: int  # 0: until interrupted
+    patience: int  # 0: off
     results: Path
     commit: bool
     fail_on_discard: bool
@@ -29,29 +30,33 @@ class Options:
     @classmethod
     def from_config(cls, config: pytest.Config) -> Options:
         iterations = config.getoption("autoresearch_iterations")
-        if config.getoption("autoresearch") and iterations < 1:
-            raise pytest.UsageError(f"--autoresearch-iterations must be >= 1, got {iterations}")
+        patience = config.getoption("autoresearch_patience")
+        if config.getoption("autoresearch") and (iterations < 0 or patience < 0):
+            raise pytest.UsageError(f"--autoresearch-iterations and --autoresearch-patience must be >= 0, "
+                                    f"got {iterations} and {patience}")
         results = config.getoption("autoresearch_results")
         path = (config.invocation_params.dir / results) if results else config.rootpath / "work" / "results.jsonl"
-        return cls(enabled=config.getoption("autoresearch"), iterations=iterations, results=path.resolve(),
+        return cls(enabled=config.getoption("autoresearch"), iterations=iterations, patience=patience,
+                   results=path.resolve(),
                    commit=config.getoption("autoresearch_commit"),
                    fail_on_discard=config.getoption("autoresearch_fail_on_discard"))
 
 
 @dataclass
 class TaskSummary:
+    """One task's line in the terminal summary, from the records this session appended."""
     direction: str = "maximize"
     counts: dict[str, int] = field(default_factory=dict)
-    first: tuple[int, float | None] | None = None  # (iteration, baseline score) of the earliest iteration
+    baseline: float | None = None  # what the session's first iteration was judged against
     best: float | None = None  # best kept score
 
-    def add(self, outcome: dict[str, Any]) -> None:
-        self.direction = outcome["direction"]
-        self.counts[outcome["status"]] = self.counts.get(outcome["status"], 0) + 1
-        if self.first is None or outcome["iteration"] < self.first[0]:
-            self.first = (outcome["iteration"], outcome["baseline_score"])
-        score = outcome["score"]
-        if outcome["status"] == "keep" and score is not None:
+    def add(self, record: dict[str, Any]) -> None:
+        self.direction = record["direction"]
+        self.counts[record["status"]] = self.counts.get(record["status"], 0) + 1
+        if self.baseline is None:
+            self.baseline = record.get("baseline_score")
+        score = record.get("score")
+        if record["status"] == "keep" and score is not None:
             better = self.best is None or (score > self.best if self.direction == "maximize" else score < self.best)
             self.best = score if better else self.best
 
@@ -63,7 +68,11 @@ class AutoresearchSession:
         worker = getattr(config, "workerinput", {}).get("workerid", "main")
         self.engine = Engine(rootdir=config.rootpath.resolve(), results=ResultsStore(options.results),
                              worker=worker, commit=options.commit)
-        self.summaries: dict[str, TaskSummary] = {}
+        # each task's last iteration before this session: the summary covers the ones after
+        self.since: dict[str, int] = {}
+        for record in self.engine.results.records():
+            task, iteration = record.get("task"), int(record.get("iteration", 0))
+            self.since[task] = max(self.since.get(task, 0), iteration)
 
     # ------------------------------------------------------------------------
     # Collection: task.yaml files only (explicitly named files aside)
@@ -79,7 +88,7 @@ class AutoresearchSession:
         return None
 
     # ------------------------------------------------------------------------
-    # Reporting (runs on the xdist controller from the workers' reports)
+    # Reporting (on the xdist controller: labels from the workers' reports, the table from results.jsonl)
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo[None]):
@@ -105,21 +114,24 @@ class AutoresearchSession:
             return "kept", "K", (f"KEPT{shown}", {"green": True})
         return "discarded", "D", (f"DISCARDED{shown}", {"yellow": True})
 
-    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        outcome = getattr(report, "autoresearch", None)
-        if outcome is not None and report.when == "call":
-            self.summaries.setdefault(outcome["task"], TaskSummary()).add(outcome)
+    def summaries(self) -> dict[str, TaskSummary]:
+        summaries: dict[str, TaskSummary] = {}
+        records = [r for r in self.engine.results.records()
+                   if r.get("status") != "baseline" and int(r.get("iteration", 0)) > self.since.get(r.get("task"), 0)]
+        for record in sorted(records, key=lambda r: (r["task"], r["iteration"])):
+            summaries.setdefault(record["task"], TaskSummary()).add(record)
+        return summaries
 
     def pytest_terminal_summary(self, terminalreporter) -> None:
-        if not self.summaries:
+        if getattr(self.config, "workerinput", None) is not None or not (summaries := self.summaries()):
             return
         tr = terminalreporter
         tr.write_sep("=", "autoresearch")
         header = f"{'task':<24} {'iters':>5} {'kept':>5} {'disc':>5} {'crash':>5} {'rej':>5} " \
                  f"{'baseline':>12} {'best':>12} {'delta':>10}"
         tr.write_line(header)
-        for name, s in sorted(self.summaries.items()):
-            base = s.first[1] if s.first else None
+        for name, s in sorted(summaries.items()):
+            base = s.baseline
             best = s.best if s.best is not None else base
             delta = f"{best - base:+.4g}" if best is not None and base is not None else "-"
             cells = [s.counts.get(k, 0) for k in ("keep", "discard", "crash", "rejected")]

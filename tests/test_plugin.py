@@ -356,3 +356,21 @@ def test_gpu_task_without_gpus_crashes_cleanly(pytester, research, monkeypatch):
     result = research()
     result.stdout.fnmatch_lines(["*crash: runner.gpus is 1 but only 0 GPU(s) are visible*"])
     assert "Traceback" not in result.stdout.str()
+
+
+def test_patience_skips_the_remaining_iterations(pytester, research):
+    write_task(pytester.path, step=-1)
+    result = research("--autoresearch-iterations", "5", "--autoresearch-patience", "2", "-rs")
+    result.stdout.fnmatch_lines(["*patience: 2 iterations in a row without a keep*", "*3 skipped, 2 discarded*"])
+    assert [r["status"] for r in records(pytester.path)] == ["baseline", "discard", "discard"]
+
+
+def test_iterations_zero_loops_until_patience_runs_out(pytester, research):
+    mutate = ('import pathlib, os\np = pathlib.Path("experiments/t/value.txt")\n'
+              'p.write_text(str(int(p.read_text()) + (1 if os.environ["AUTORESEARCH_ITERATION"] in "12" else -1)))\n')
+    write_task(pytester.path, mutate=mutate)
+    result = research("--autoresearch-iterations", "0", "--autoresearch-patience", "3", "-v")
+    assert result.ret == 0
+    result.stdout.fnmatch_lines(["*t[[]loop-1[]]*", "t*5*2*3*0*0*1*3*+2"])
+    assert [r["status"] for r in records(pytester.path)] == ["baseline", "keep", "keep", "discard", "discard", "discard"]
+    assert value(pytester) == "3"
