@@ -13,7 +13,9 @@ os.environ.setdefault("PYTORCH_ALLOC_CONF", "expandable_segments:True")  # less 
 
 import gc
 import math
+import queue
 import sys
+import threading
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 
@@ -336,58 +338,74 @@ def adamw_update(param, grad, exp_avg, exp_avg_sq, step, lr, beta1, beta2, eps, 
     param.add_(exp_avg / denom * (-lr / (1 - beta1 ** step)))
 
 
-class MuonAdamW(torch.optim.Optimizer):
-    """Groups carry kind='muon' (list of same-shape 2-D params) or kind='adamw'.
+def update_all(work, ns_dtype):
+    """Every group's update in one function: compiled, it is one graph (one compilation at start-up)."""
+    for kind, params, grads, state, h in work:
+        if kind == "muon":
+            muon_update(params, grads, state["momentum_buf"], state["variance_buf"], h["momentum"], h["lr"],
+                        h["wd"], h["beta2"], h["ns_steps"], ns_dtype)
+        else:
+            for p, g, s in zip(params, grads, state):
+                adamw_update(p, g, s["exp_avg"], s["exp_avg_sq"], h["step"], h["lr"], h["beta1"], h["beta2"], h["eps"], h["wd"])
 
-    Hyperparameters reach the update functions as 0-d tensors, so a compiled update is traced once and
-    the schedule changing lr/momentum every step never triggers a recompile.
+
+class MuonAdamW(torch.optim.Optimizer):
+    """Groups carry kind='muon' (a list of same-shape 2-D params, updated stacked) or kind='adamw'.
+
+    Compiled, hyperparameters enter as 0-d CPU tensors refilled every step: the graph is traced once and
+    a schedule that changes lr/momentum every step never triggers a recompile. Eager, they are floats.
     """
 
     def __init__(self, param_groups, compile_updates=False, ns_dtype=torch.bfloat16):
         super().__init__(param_groups, defaults={})
-        wrap = (lambda f: torch.compile(f, dynamic=False, fullgraph=True)) if compile_updates else (lambda f: f)
-        self._muon, self._adamw = wrap(muon_update), wrap(adamw_update)
         self.compiled = compile_updates
+        self._update = torch.compile(update_all, dynamic=False, fullgraph=True) if compile_updates else update_all
         self.ns_dtype = ns_dtype
-        self._scalars = {name: torch.tensor(0.0) for name in ("step", "lr", "beta1", "beta2", "eps", "wd", "momentum")}
+        self.steps = 0
+        self._hyper = [{} for _ in self.param_groups]  # per group: name -> 0-d tensor (compiled only)
 
-    def _scalar(self, name, value):
+    def _values(self, i, values):
         if not self.compiled:
-            return value  # eager: plain floats work on every device
-        t = self._scalars[name]
-        t.fill_(value)
-        return t
+            return values  # eager: plain floats work on every device
+        for name, value in values.items():
+            if name not in self._hyper[i]:
+                self._hyper[i][name] = torch.tensor(0.0)
+            self._hyper[i][name].fill_(value)
+        return self._hyper[i]
+
+    def _muon_state(self, params):
+        state = self.state[params[0]]
+        if not state:
+            n, (rows, cols) = len(params), params[0].shape
+            state["momentum_buf"] = torch.zeros(n, rows, cols, device=params[0].device)
+            state["variance_buf"] = torch.zeros((n, rows, 1) if rows >= cols else (n, 1, cols), device=params[0].device)
+        return state
+
+    def _adamw_state(self, p):
+        state = self.state[p]
+        if not state:
+            state["exp_avg"] = torch.zeros_like(p)
+            state["exp_avg_sq"] = torch.zeros_like(p)
+        return state
 
     @torch.no_grad()
     def step(self):
-        for group in self.param_groups:
-            params = [p for p in group["params"] if p.grad is not None]
-            if not params:
-                continue
+        self.steps += 1
+        work = []
+        for i, group in enumerate(self.param_groups):
+            params = group["params"]
+            assert all(p.grad is not None for p in params), "every parameter is expected to get a gradient each step"
+            grads = [p.grad for p in params]
             if group["kind"] == "muon":
-                state = self.state[params[0]]
-                if not state:
-                    n, (rows, cols) = len(params), params[0].shape
-                    state["momentum_buf"] = torch.zeros(n, rows, cols, device=params[0].device)
-                    state["variance_buf"] = torch.zeros((n, rows, 1) if rows >= cols else (n, 1, cols), device=params[0].device)
                 rows, cols = params[0].shape
                 lr = group["lr"] * max(1.0, rows / cols) ** 0.5  # keep the update's RMS per input comparable
-                self._muon(params, [p.grad for p in params], state["momentum_buf"], state["variance_buf"],
-                           self._scalar("momentum", group["momentum"]), self._scalar("lr", lr),
-                           self._scalar("wd", group["weight_decay"]), self._scalar("beta2", group["beta2"]),
-                           group["ns_steps"], self.ns_dtype)
+                h = self._values(i, dict(lr=lr, momentum=group["momentum"], wd=group["weight_decay"], beta2=group["beta2"]))
+                work.append(("muon", params, grads, self._muon_state(params), dict(h, ns_steps=group["ns_steps"])))
             else:
-                for p in params:
-                    state = self.state[p]
-                    if not state:
-                        state["step"] = 0
-                        state["exp_avg"] = torch.zeros_like(p)
-                        state["exp_avg_sq"] = torch.zeros_like(p)
-                    state["step"] += 1
-                    self._adamw(p, p.grad, state["exp_avg"], state["exp_avg_sq"], self._scalar("step", state["step"]),
-                                self._scalar("lr", group["lr"]), self._scalar("beta1", group["betas"][0]),
-                                self._scalar("beta2", group["betas"][1]), self._scalar("eps", group["eps"]),
-                                self._scalar("wd", group["weight_decay"]))
+                h = self._values(i, dict(step=self.steps, lr=group["lr"], beta1=group["betas"][0], beta2=group["betas"][1],
+                                         eps=group["eps"], wd=group["weight_decay"]))
+                work.append(("adamw", params, grads, [self._adamw_state(p) for p in params], h))
+        self._update(work, self.ns_dtype)
 
 
 def build_optimizer(model, compile_updates, ns_dtype):
@@ -437,8 +455,9 @@ def peak_flops(device):
     return next((flops for key, flops in PEAK_BF16_FLOPS if key in name), 0.0)
 
 
-def time_cuda(fn, iters=5):
-    fn()
+def time_cuda(fn, warmup=3, iters=10):
+    for _ in range(warmup):  # cuDNN builds and caches its execution plan over the first calls
+        fn()
     torch.cuda.synchronize()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     start.record()
@@ -497,6 +516,26 @@ def attention_plans(device, sdpa_backends):
     plans.append((Attention("masked", "masked"), False))  # last resort: eager, PyTorch's default kernels
     return plans
 
+def prefetch(loader, depth=4):
+    """Run a loader on a background thread. While the GPU works through queued kernels the main thread
+    has little to do, so tokenizing (whose Rust core drops the GIL) and packing the next batches beside it
+    keeps the GPU from waiting on the host."""
+    ready = queue.Queue(maxsize=depth)
+
+    def produce():
+        try:
+            for item in loader:
+                ready.put(item)
+        except BaseException as e:  # hand the error to the consumer instead of dying silently
+            ready.put(e)
+
+    threading.Thread(target=produce, name="prefetch", daemon=True).start()
+    while True:
+        item = ready.get()
+        if isinstance(item, BaseException):
+            raise item
+        yield item
+
 # ---------------------------------------------------------------------------
 # Schedules (progress = training time / TIME_BUDGET)
 # ---------------------------------------------------------------------------
@@ -550,6 +589,8 @@ def main():
     sdpa_backends = pick_sdpa_backend(DEVICE_BATCH_SIZE, config.n_head, MAX_SEQ_LEN, HEAD_DIM, torch.bfloat16, device) if bf16 else None
 
     train_loader = make_dataloader(tokenizer, DEVICE_BATCH_SIZE, MAX_SEQ_LEN, "train")
+    if use_cuda:  # elsewhere the model computes on the same cores the loader would use
+        train_loader = prefetch(train_loader)
     x, y, epoch = next(train_loader)
 
     # Build the model under each attention plan until one survives a full forward+backward (this step
@@ -577,7 +618,7 @@ def main():
                 torch.cuda.empty_cache()
     else:
         sys.exit("train.py: no attention back-end could run a training step (errors above)")
-    print(f"attention: {attention.name()} | compiled: {compiled}")
+    print(f"attention: {attention.name()} | compiled: {compiled} | first step done at {time.time() - T_PROCESS_START:.1f}s")
 
     num_params = model.num_params()
     flops_per_token = model.flops_per_token()

@@ -18,7 +18,19 @@ from .sandbox import Content, copy_tree, read_contents, scan
 from .task import Task
 from .workspace import apply_contents
 
-BASE_SEED = 42  # runner repeat r gets BASE_SEED + r; the mutator of iteration i gets BASE_SEED + i
+BASE_SEED = 42  # baseline run r gets BASE_SEED + r; the mutator of iteration i gets BASE_SEED + i
+REUSES_KEPT_SCORES = ("greedy",)  # policies whose keeps' scores stand in for the new baseline (see runner_seed)
+
+
+def runner_seed(task: Task, iteration: int, run: int) -> int:
+    """AUTORESEARCH_SEED of a runner run. The baseline's runs use BASE_SEED + r. Under greedy, so do the
+    candidates' (the upstream's setup: every run seeded alike, so a no-op change ties). Under a noise-aware
+    policy, iteration i's candidate runs use seeds of their own, BASE_SEED + R*i + r: a keep's scores were
+    selected for looking good (the winner's curse), so its content is re-scored as the next baseline, and
+    that re-scoring must draw fresh noise rather than replay the seeds the candidate won with."""
+    if task.policy.kind in REUSES_KEPT_SCORES or iteration == 0:
+        return BASE_SEED + run
+    return BASE_SEED + task.policy.repeats * iteration + run
 WILDCARD = re.compile(r"[*?\[]")
 
 
@@ -74,7 +86,9 @@ class Engine:
                    AUTORESEARCH_ARTIFACTS=os.pathsep.join(task.artifacts),
                    AUTORESEARCH_MAX_FILES="" if task.max_files is None else str(task.max_files),
                    AUTORESEARCH_MAX_LINES="" if task.max_lines is None else str(task.max_lines))
-        for prompt in (task.path.parent / "program.md", task.rootdir / "program.md"):
+        prompts = [task.prompt] if task.prompt is not None else [task.path.parent / "program.md",
+                                                                 task.rootdir / "program.md"]
+        for prompt in prompts:
             if prompt.is_file():
                 env["AUTORESEARCH_PROMPT_FILE"] = str(self._in_sandbox(prompt, sandbox))
                 break
@@ -95,10 +109,10 @@ class Engine:
         """Fill record's baseline scores, scoring this baseline first if results.jsonl has too few scores
         for its hash (once, even when xdist workers race for it). False (record set to crash) on failure."""
         content_hash = record.baseline_hash
-        scores = self.results.scores_for(task.name, content_hash)
+        scores = self.scores_for(task, content_hash)
         if len(scores) < task.policy.repeats:
             with self.lock(f"baseline-{task.name}-{content_hash}"):
-                scores = self.results.scores_for(task.name, content_hash)
+                scores = self.scores_for(task, content_hash)
                 if len(scores) < task.policy.repeats:
                     scores = self._score_baseline(task, record, source, baseline, scratch, extra_env)
                     if scores is None:
@@ -106,6 +120,10 @@ class Engine:
         record.baseline_scores = scores
         record.baseline_score = mean(scores)
         return True
+
+    def scores_for(self, task: Task, content_hash: str) -> list[float]:
+        """The baseline scores on record for this content (a keep's own scores only under greedy)."""
+        return self.results.scores_for(task.name, content_hash, reuse_kept=task.policy.kind in REUSES_KEPT_SCORES)
 
     def _score_baseline(self, task: Task, record: Record, source: Path, baseline: dict[str, Content],
                         scratch: Path, extra_env: dict[str, str]) -> list[float] | None:
@@ -137,7 +155,7 @@ class Engine:
         repeats = task.policy.repeats
         decision = None
         for r in range(repeats):
-            seed = BASE_SEED + r
+            seed = runner_seed(task, record.iteration, r)
             env = self.env(task, record, seed, sandbox, extra_env)
             outcome = score_once(task, sandbox, env, log, f"runner run {r + 1}/{repeats} (seed {seed})")
             record.runner_s = round(record.runner_s + outcome.seconds, 3)

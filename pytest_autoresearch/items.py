@@ -25,21 +25,37 @@ class IterationFailed(Exception):
 def autoresearch_iteration(request: pytest.FixtureRequest, autoresearch_engine: Engine) -> None:
     """One research iteration of the item's task (the function every IterationItem calls)."""
     item: IterationItem = request.node
+    if (stopped := crash_stop(request.config, autoresearch_engine, item.task.name, item.since)) is not None:
+        pytest.skip(stopped)
     _check_patience(request, autoresearch_engine, item)
     _run_one(request, autoresearch_engine, item)
 
 
 def autoresearch_loop(request: pytest.FixtureRequest, autoresearch_engine: Engine) -> None:
-    """Iterations of the item's task until Ctrl-C, or until patience runs out (--autoresearch-iterations 0).
-    Each iteration is recorded as it ends; a crash or rejection does not stop the loop."""
+    """Iterations of the item's task until Ctrl-C/SIGTERM, patience or --autoresearch-max-crashes ends it
+    (--autoresearch-iterations 0). Each iteration is recorded as it ends; a lone crash or rejection does
+    not stop the loop."""
     item: IterationItem = request.node
     while True:
+        if (stopped := crash_stop(request.config, autoresearch_engine, item.task.name, item.since)) is not None:
+            raise IterationFailed(stopped)
         _check_patience(request, autoresearch_engine, item, stop=True)
         del item.user_properties[:]
         try:
             _run_one(request, autoresearch_engine, item)
         except IterationFailed:
             continue
+
+
+def crash_stop(config: pytest.Config, engine: Engine, task: str, since: int) -> str | None:
+    """Why the task is stopped by --autoresearch-max-crashes (K crashes in a row this session), else None."""
+    limit = config.getoption("autoresearch_max_crashes")
+    crashes = engine.results.crashes_in_a_row(task, since) if limit else []
+    if len(crashes) < limit or not crashes:
+        return None
+    last = crashes[-1]
+    return (f"max-crashes: {task} stopped after {len(crashes)} crashes in a row; last (#{last['iteration']}): "
+            f"{last.get('reason', '')} (log: {last.get('log')})")
 
 
 def _check_patience(request: pytest.FixtureRequest, engine: Engine, item: IterationItem, stop: bool = False) -> None:

@@ -12,6 +12,7 @@ from typing import BinaryIO
 
 from .engine import BASE_SEED, Engine
 from .gpus import visible_devices
+from .interrupts import held_signals, interrupt_reason
 from .limits import Verdict, check_sandbox, diff_artifacts, escapes, judge
 from .policy import Decision
 from .process import run_logged
@@ -21,6 +22,7 @@ from .task import Task
 from .workspace import Snapshot, apply_contents, git_commit, git_head_contents, protected_hashes
 
 DESCRIPTION_MAX_CHARS = 300
+SETTLED = ("keep", "discard", "rejected")  # set only once the workspace is final for the iteration
 
 
 def run_iteration(engine: Engine, task: Task, description: str = "") -> Record:
@@ -45,8 +47,12 @@ def run_iteration(engine: Engine, task: Task, description: str = "") -> Record:
                         _workspace_iteration(engine, task, record, scratch, log, extra_env)
                 else:
                     _sandbox_iteration(engine, task, record, scratch, log, extra_env)
-    except KeyboardInterrupt:
-        record.status, record.reason = "interrupted", "interrupted by the user"
+    except KeyboardInterrupt as e:
+        why = interrupt_reason(e)
+        if record.status in SETTLED:  # the signal came while a verdict was landing: it stands
+            record.reason += f" (then interrupted: {why})"
+        else:
+            record.status, record.reason = "interrupted", f"interrupted ({why}) before a verdict"
         raise
     except Exception as e:
         record.status, record.reason = "crash", f"internal error: {type(e).__name__}: {e}"
@@ -54,7 +60,8 @@ def run_iteration(engine: Engine, task: Task, description: str = "") -> Record:
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
         record.duration_s = round(time.perf_counter() - start, 3)
-        engine.results.append(record)
+        with held_signals():  # a second Ctrl-C must not tear the record's line
+            engine.results.append(record)
     return record
 
 
@@ -95,7 +102,7 @@ def _sandbox_iteration(engine: Engine, task: Task, record: Record, scratch: Path
     if decision is False:
         return
 
-    with engine.lock(f"task-{task.name}"):
+    with held_signals(), engine.lock(f"task-{task.name}"):  # a keep lands whole or not at all
         current = engine.artifacts_in(task, task.rootdir)
         if decision.verdict == "keep" and hash_contents(current) != record.baseline_hash:
             decision = _rebase(engine, task, record, decision, verdict, baseline, current)
@@ -110,7 +117,7 @@ def _rebase(engine: Engine, task: Task, record: Record, decision: Decision, verd
     """A keep judged against a baseline that another worker has superseded meanwhile: keep it only if it
     still beats the current best and touches no file the newer keep touched; else discard it as stale."""
     current_hash = hash_contents(current)
-    current_scores = engine.results.scores_for(task.name, current_hash)
+    current_scores = engine.scores_for(task, current_hash)
     if not current_scores:
         return Decision("discard", f"stale: baseline moved to {current_hash}, not scored yet", decision.statistic)
     again = task.policy.decide(current_scores, record.scores, task.direction)
@@ -200,11 +207,15 @@ def _workspace_iteration(engine: Engine, task: Task, record: Record, scratch: Pa
     if not _judge_changes(engine, task, record, verdict, baseline, candidate):
         apply_contents(task.rootdir, restore)
         return
+    # An interruption before this point leaves the agent's edit in the workspace, unjudged: the
+    # snapshot still holds the last keep, so the next run judges the same edit again.
     decision = engine.score_runs(task, record, sandbox, log, record.baseline_scores, extra_env)
-    if decision is not False:
-        record.status, record.reason = decision.verdict, decision.reason
-    if decision is not False and decision.verdict == "keep":
-        snapshot.save(candidate, protected_now)
-        _commit(engine, task, record, [c.path for c in changes])
-    else:
-        apply_contents(task.rootdir, restore)
+    with held_signals():
+        if decision is not False and decision.verdict == "keep":
+            snapshot.save(candidate, protected_now)
+            record.status, record.reason = decision.verdict, decision.reason
+            _commit(engine, task, record, [c.path for c in changes])
+        else:
+            apply_contents(task.rootdir, restore)
+            if decision is not False:
+                record.status, record.reason = decision.verdict, decision.reason

@@ -18,6 +18,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="iterations per task (default 1); 0: run until interrupted (Ctrl-C) or out of patience")
     group.addoption("--autoresearch-patience", type=int, default=0, metavar="K",
                     help="stop a task after K iterations in a row without a keep (default 0: never)")
+    group.addoption("--autoresearch-max-crashes", type=int, default=3, metavar="K",
+                    help="stop a task after K crashed iterations in a row (default 3; 0: never)")
     group.addoption("--autoresearch-results", default=None, metavar="PATH",
                     help="results file (default: work/results.jsonl under the rootdir)")
     group.addoption("--autoresearch-commit", action="store_true", default=False,

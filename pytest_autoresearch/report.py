@@ -2,7 +2,8 @@
 
     python -m pytest_autoresearch.report [work/results.jsonl] [--out DIR] [--tsv]
 
-The engine's terminal summary calls `write_report`. progress.png has one subplot per task and is exactly
+The engine's terminal summary only points here (rendering at every run would cost a matplotlib import).
+progress.png has one subplot per task and is exactly
 FIG_WIDTH_IN x TASK_HEIGHT_IN*tasks inches at DPI: 1400 x 500*tasks pixels (saved without a tight bbox).
 """
 

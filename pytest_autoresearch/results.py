@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,37 +54,51 @@ class ResultsStore:
         self.path = Path(path)
         self.lock = FileLock(str(self.path) + ".lock")
         self.counters = Path(str(self.path) + ".next.json")  # iteration numbers handed out but not yet recorded
+        self.warned: set[int] = set()  # line numbers already warned about
 
     def append(self, record: Record) -> None:
+        """Append one whole line. A process killed mid-write (SIGKILL, power loss) can leave a torn last
+        line; the next append then starts on a fresh line so that only the torn one is lost."""
         line = record.to_json() + "\n"
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.lock, open(self.path, "a", encoding="utf-8") as f:
-            f.write(line)
+        with self.lock, open(self.path, "ab") as f:
+            if f.tell() > 0:
+                with open(self.path, "rb") as r:
+                    r.seek(-1, os.SEEK_END)
+                    if r.read(1) != b"\n":
+                        line = "\n" + line
+            f.write(line.encode("utf-8"))
             f.flush()
             os.fsync(f.fileno())
 
     def records(self, task: str | None = None) -> list[dict[str, Any]]:
         try:
-            lines = self.path.read_text(encoding="utf-8").splitlines()
+            lines = self.path.read_text(encoding="utf-8", errors="replace").splitlines()
         except FileNotFoundError:
             return []
         out = []
-        for line in lines:
+        for number, line in enumerate(lines, 1):
             try:
                 record = json.loads(line)
             except json.JSONDecodeError:
-                continue  # a line from a crashed writer of another tool; ours are written whole
+                if line.strip() and number not in self.warned:  # a torn line from a killed writer
+                    self.warned.add(number)
+                    warnings.warn(f"{self.path}:{number}: skipping a line that is not a whole JSON record "
+                                  f"(a writer killed mid-line?): {line[:60]!r}", stacklevel=2)
+                continue
             if isinstance(record, dict) and (task is None or record.get("task") == task):
                 out.append(record)
         return out
 
-    def scores_for(self, task: str, content_hash: str) -> list[float]:
-        """Scores already measured for this artifact content: a baseline record, else a kept candidate's."""
+    def scores_for(self, task: str, content_hash: str, reuse_kept: bool = True) -> list[float]:
+        """Scores already measured for this artifact content: a baseline record's, else (reuse_kept) a kept
+        candidate's. Without reuse_kept only baseline records count: a keep's scores were selected for
+        looking good, so reusing them as the next baseline would bias every later comparison."""
         baseline, kept = [], []
         for record in self.records(task):
             if record.get("status") == "baseline" and record.get("baseline_hash") == content_hash:
                 baseline = record.get("scores") or [record["score"]]
-            elif record.get("status") == "keep" and record.get("candidate_hash") == content_hash:
+            elif reuse_kept and record.get("status") == "keep" and record.get("candidate_hash") == content_hash:
                 kept = record.get("scores") or [record["score"]]
         return [float(s) for s in (baseline or kept)]
 
@@ -100,6 +115,17 @@ class ResultsStore:
                 break
             count += 1
         return count
+
+    def crashes_in_a_row(self, task: str, since: int) -> list[dict[str, Any]]:
+        """The crash records after `since` that end the task's history with no other verdict between them."""
+        judged = sorted((r for r in self.records(task) if r.get("status") != "baseline"
+                         and int(r.get("iteration", 0)) > since), key=lambda r: r["iteration"])
+        crashes: list[dict[str, Any]] = []
+        for record in reversed(judged):
+            if record.get("status") != "crash":
+                break
+            crashes.append(record)
+        return crashes[::-1]
 
     def reserve_iteration(self, task: str) -> int:
         """Next iteration number for task, unique even across concurrent xdist workers."""

@@ -10,11 +10,13 @@ from typing import Any
 import pytest
 
 from .engine import Engine
-from .items import IterationItem, TaskFile
+from .interrupts import TerminateAsInterrupt, interrupt_reason
+from .items import IterationItem, TaskFile, crash_stop
 from .results import ResultsStore
 
 TASK_FILE = "task.yaml"
 SESSION_PLUGIN_NAME = "autoresearch-session"
+REPORT_FILES = ("report.md", "progress.png", "results.tsv")  # what `python -m pytest_autoresearch.report` writes
 
 
 @dataclass(frozen=True)
@@ -23,6 +25,7 @@ class Options:
     enabled: bool
     iterations: int  # 0: until interrupted
     patience: int  # 0: off
+    max_crashes: int  # 0: off
     results: Path
     commit: bool
     fail_on_discard: bool
@@ -31,13 +34,15 @@ class Options:
     def from_config(cls, config: pytest.Config) -> Options:
         iterations = config.getoption("autoresearch_iterations")
         patience = config.getoption("autoresearch_patience")
-        if config.getoption("autoresearch") and (iterations < 0 or patience < 0):
-            raise pytest.UsageError(f"--autoresearch-iterations and --autoresearch-patience must be >= 0, "
-                                    f"got {iterations} and {patience}")
+        max_crashes = config.getoption("autoresearch_max_crashes")
+        if config.getoption("autoresearch") and min(iterations, patience, max_crashes) < 0:
+            raise pytest.UsageError(f"--autoresearch-iterations, --autoresearch-patience and "
+                                    f"--autoresearch-max-crashes must be >= 0, got {iterations}, {patience} "
+                                    f"and {max_crashes}")
         results = config.getoption("autoresearch_results")
         path = (config.invocation_params.dir / results) if results else config.rootpath / "work" / "results.jsonl"
         return cls(enabled=config.getoption("autoresearch"), iterations=iterations, patience=patience,
-                   results=path.resolve(),
+                   max_crashes=max_crashes, results=path.resolve(),
                    commit=config.getoption("autoresearch_commit"),
                    fail_on_discard=config.getoption("autoresearch_fail_on_discard"))
 
@@ -73,6 +78,20 @@ class AutoresearchSession:
         for record in self.engine.results.records():
             task, iteration = record.get("task"), int(record.get("iteration", 0))
             self.since[task] = max(self.since.get(task, 0), iteration)
+        self.terminate = TerminateAsInterrupt()
+        self.interrupted: str | None = None
+
+    # ------------------------------------------------------------------------
+    # Stopping: SIGTERM is a Ctrl-C while the session runs
+
+    def pytest_sessionstart(self, session: pytest.Session) -> None:
+        self.terminate.install()
+
+    def pytest_unconfigure(self, config: pytest.Config) -> None:
+        self.terminate.restore()
+
+    def pytest_keyboard_interrupt(self, excinfo: pytest.ExceptionInfo[BaseException]) -> None:
+        self.interrupted = interrupt_reason(excinfo.value)
 
     # ------------------------------------------------------------------------
     # Collection: task.yaml files only (explicitly named files aside)
@@ -137,7 +156,19 @@ class AutoresearchSession:
             cells = [s.counts.get(k, 0) for k in ("keep", "discard", "crash", "rejected")]
             tr.write_line(f"{name:<24} {sum(s.counts.values()):>5} " + " ".join(f"{c:>5}" for c in cells) +
                           f" {_num(base):>12} {_num(best):>12} {delta:>10}")
-        tr.write_line(f"results: {self.engine.shown(self.options.results)}")
+        for name in sorted(summaries):
+            if (stopped := crash_stop(self.config, self.engine, name, self.since.get(name, 0))) is not None:
+                tr.write_line(stopped, red=True)
+        if self.interrupted is not None:
+            tr.write_line(f"interrupted ({self.interrupted}): the iteration in progress is recorded as "
+                          f"'interrupted'; the workspace holds the last keep. Run again to resume.", yellow=True)
+        results = self.engine.shown(self.options.results)
+        tr.write_line(f"results: {results}")
+        tr.write_line(f"report: python -m pytest_autoresearch.report {results}")
+        existing = [self.engine.shown(path) for name in REPORT_FILES
+                    if (path := self.options.results.parent / name).is_file()]
+        if existing:
+            tr.write_line(f"report files (as of their last writing): {', '.join(existing)}")
 
 
 def _num(value: float | None) -> str:

@@ -23,7 +23,7 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # task names become folde
 TOP_KEYS = ("name", "description", "artifacts", "protected", "mutation", "mutator", "runner", "scorer", "policy")
 REQUIRED_TOP_KEYS = ("artifacts", "mutator", "runner", "scorer")
 MUTATION_KEYS = ("max_files", "max_lines")
-MUTATOR_KEYS = ("command", "timeout")
+MUTATOR_KEYS = ("command", "timeout", "prompt")
 RUNNER_KEYS = ("command", "timeout", "gpus")
 SCORER_KEYS = ("metric", "pattern", "direction")
 DEFAULT_MUTATOR_TIMEOUT = 300.0
@@ -46,6 +46,7 @@ class Task:
     max_lines: int | None
     mutator_command: str | None  # None: workspace mode
     mutator_timeout: float
+    prompt: Path | None  # mutator.prompt, resolved; None: program.md beside the task or at the root, if any
     runner_command: str
     runner_timeout: float
     gpus: int
@@ -143,6 +144,7 @@ def load_task(path: Path, rootdir: Path) -> Task:
     max_lines = _number(mutation, "max_lines", None, "mutation", fail, integer=True)
 
     mutator = data["mutator"]
+    prompt = None
     if mutator == WORKSPACE:
         mutator_command, mutator_timeout = None, DEFAULT_MUTATOR_TIMEOUT
     elif isinstance(mutator, str):
@@ -151,6 +153,8 @@ def load_task(path: Path, rootdir: Path) -> Task:
         mutator = _mapping(mutator, "mutator", MUTATOR_KEYS, fail)
         mutator_command = _command(mutator, "mutator", fail)
         mutator_timeout = _number(mutator, "timeout", DEFAULT_MUTATOR_TIMEOUT, "mutator", fail)
+        if "prompt" in mutator:
+            prompt = _prompt(mutator["prompt"], rootdir, fail)
 
     runner = _mapping(data["runner"], "runner", RUNNER_KEYS, fail)
     runner_command = _command(runner, "runner", fail)
@@ -185,8 +189,8 @@ def load_task(path: Path, rootdir: Path) -> Task:
 
     return Task(name=name, description=description, path=path, rootdir=rootdir, artifacts=artifacts,
                 protected=protected, max_files=max_files, max_lines=max_lines, mutator_command=mutator_command,
-                mutator_timeout=mutator_timeout, runner_command=runner_command, runner_timeout=runner_timeout,
-                gpus=gpus, metric=metric, pattern=pattern, direction=direction, policy=policy)
+                mutator_timeout=mutator_timeout, prompt=prompt, runner_command=runner_command,
+                runner_timeout=runner_timeout, gpus=gpus, metric=metric, pattern=pattern, direction=direction, policy=policy)
 
 
 def _check_keys(data: Mapping[str, Any], allowed: tuple[str, ...], prefix: str, fail) -> None:
@@ -220,6 +224,16 @@ def _number(section: Mapping[str, Any], key: str, default, prefix: str, fail, in
         want = "an integer >= 0" if integer else "a number > 0"
         raise fail(f"{prefix}.{key}", f"must be {want}, got {value!r}")
     return value if integer else float(value)
+
+
+def _prompt(value: Any, rootdir: Path, fail) -> Path:
+    if not isinstance(value, str) or not value.strip():
+        raise fail("mutator.prompt", f"must be a repo-relative path of a prompt file, got {value!r}")
+    (glob,) = _globs([value], "mutator.prompt", fail, required=True)  # same absolute/'..' rules as globs
+    path = rootdir / glob
+    if not path.is_file():
+        raise fail("mutator.prompt", f"{glob!r} is not a file (paths are relative to the repository root)")
+    return path
 
 
 def _globs(value: Any, key: str, fail, required: bool) -> tuple[str, ...]:

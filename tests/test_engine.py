@@ -49,6 +49,9 @@ def test_defaults(tmp_path):
     ({"artifacts": []}, "artifacts: must be a non-empty list"),
     ({"extra": 1}, "extra: unknown key"),
     ({"policy": {"kind": "noise-aware", "confidence": 2}}, "policy.confidence: must be a number strictly between"),
+    ({"mutator": {"prompt": "nope.md"}}, "mutator.prompt: 'nope.md' is not a file (paths are relative to the repository root)"),
+    ({"mutator": {"prompt": "/etc/hosts"}}, "mutator.prompt: '/etc/hosts' is an absolute path"),
+    ({"mutator": {"prompt": ""}}, "mutator.prompt: must be a repo-relative path of a prompt file, got ''"),
 ])
 def test_errors_are_one_line_naming_file_and_key(tmp_path, spec, message):
     with pytest.raises(TaskError) as excinfo:
@@ -158,6 +161,37 @@ def test_results_append_and_scores_by_hash(tmp_path):
     assert store.scores_for("t", "b0") == [1.0] and store.scores_for("t", "c1") == [2.0]
     assert store.scores_for("t", "zz") == [] and store.scores_for("other", "b0") == []
     assert all(json.loads(line) for line in (tmp_path / "r.jsonl").read_text().splitlines())
+
+
+def test_keep_scores_stand_in_for_a_baseline_only_when_reuse_is_asked(tmp_path):
+    store = ResultsStore(tmp_path / "r.jsonl")
+    store.append(record(iteration=1, status="keep", candidate_hash="c1", scores=[2.0, 3.0], score=2.5))
+    assert store.scores_for("t", "c1") == [2.0, 3.0] and store.scores_for("t", "c1", reuse_kept=False) == []
+    store.append(record(iteration=0, status="baseline", baseline_hash="c1", scores=[1.0, 2.0], score=1.5))
+    assert store.scores_for("t", "c1", reuse_kept=False) == [1.0, 2.0] == store.scores_for("t", "c1")
+
+
+def test_runner_seeds_differ_between_a_candidate_and_its_rescoring_under_noise_aware(tmp_path):
+    from pytest_autoresearch.engine import runner_seed
+    greedy, noisy = task_at(tmp_path), task_at(tmp_path, policy={"kind": "noise-aware", "repeats": 3})
+    assert [runner_seed(greedy, i, 0) for i in (0, 1, 7)] == [42, 42, 42]  # upstream: every run seeded alike
+    assert [runner_seed(noisy, 0, r) for r in range(3)] == [42, 43, 44]
+    seeds = [{runner_seed(noisy, i, r) for r in range(3)} for i in range(4)]
+    assert all(a.isdisjoint(b) for k, a in enumerate(seeds) for b in seeds[k + 1:])
+
+
+def test_a_torn_last_line_is_skipped_with_a_warning_and_the_next_append_starts_fresh(tmp_path):
+    path = tmp_path / "r.jsonl"
+    store = ResultsStore(path)
+    store.append(record(iteration=1))
+    with open(path, "a") as f:
+        f.write('{"task": "t", "iter')
+    with pytest.warns(UserWarning, match=r"r.jsonl:2: skipping a line that is not a whole JSON record"):
+        assert [r["iteration"] for r in store.records()] == [1]
+    store.append(record(iteration=2))
+    lines = path.read_text().splitlines()
+    assert lines[1] == '{"task": "t", "iter' and json.loads(lines[2])["iteration"] == 2
+    assert [r["iteration"] for r in store.records()] == [1, 2]  # warned once per line, not at every read
 
 
 def test_results_refuse_nan(tmp_path):

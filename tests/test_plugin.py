@@ -183,14 +183,23 @@ def test_kept_candidate_scores_serve_as_the_next_baseline(pytester, research):
 
 
 def test_noise_aware_policy_scores_baseline_repeats_times_with_seeds(pytester, research):
-    score = 'import os\nprint("score:", 10 + int(os.environ["AUTORESEARCH_SEED"]) % 2 + (open("experiments/t/value.txt").read() != "1\\n") * 5)\n'
-    write_task(pytester.path, score=score,
+    # score = 10 + 5 * (value != 1) + seed % 2, and the seed is echoed as a metric
+    score = ('import os\nseed = int(os.environ["AUTORESEARCH_SEED"])\nprint("seed:", seed)\n'
+             'print("score:", 10 + seed % 2 + (open("experiments/t/value.txt").read() != "1\\n") * 5)\n')
+    write_task(pytester.path, score=score, step=0, mutate=MUTATE_FIVE,
                spec={"policy": {"kind": "noise-aware", "repeats": 3, "confidence": 0.9}})
-    research()
-    baseline, keep = records(pytester.path)
-    assert baseline["scores"] == [10.0, 11.0, 10.0]  # seeds 42, 43, 44
-    assert keep["status"] == "keep" and keep["scores"] == [15.0, 16.0, 15.0]
-    assert keep["statistic"]["n_candidate"] == 3
+    research("--autoresearch-iterations", "2")
+    baseline, keep, rescored, second = records(pytester.path)
+    assert baseline["scores"] == [10.0, 11.0, 10.0]  # baseline runs: seeds 42, 43, 44
+    assert keep["status"] == "keep" and keep["scores"] == [16.0, 15.0, 16.0]  # iteration 1: seeds 45, 46, 47
+    assert keep["statistic"]["n_candidate"] == 3 and keep["statistic"]["test"] == "welch_t"
+    # winner's curse: the kept content is scored afresh as the new baseline, not credited with its winning scores
+    assert (rescored["status"], rescored["baseline_hash"]) == ("baseline", keep["candidate_hash"])
+    assert rescored["scores"] == [15.0, 16.0, 15.0] and rescored["metrics"]["seed"] == 44.0
+    assert second["baseline_scores"] == rescored["scores"] and second["metrics"]["seed"] == 50.0  # 42 + 3*2 + 2
+
+
+MUTATE_FIVE = 'import pathlib\npathlib.Path("experiments/t/value.txt").write_text("5\\n" if pathlib.Path("experiments/t/value.txt").read_text() == "1\\n" else "6\\n")\n'
 
 
 # ----------------------------------------------------------------------------

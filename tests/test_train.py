@@ -78,7 +78,7 @@ def test_toy_run_on_cpu_ends_with_complete_summary(toy_project):
     root, cache = toy_project
     done = run_script(root, cache, "train.py")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert re.search(r"^attention: masked\+masked \| compiled: False$", done.stdout, re.M)
+    assert re.search(r"^attention: masked\+masked \| compiled: False \| ", done.stdout, re.M)
     assert re.search(r"^step \d{5} .*\| loss \d+\.\d+ \| lrm .*\| tok/s .*\| mfu .*\| remaining \d+s$", done.stdout, re.M)
     summary = parse_summary(done.stdout)
     assert [key for key, _ in summary] == SUMMARY_KEYS
@@ -215,6 +215,16 @@ def test_lr_schedule_never_rises_and_stays_in_range(a, b):
     lo, hi = sorted((a, b))
     assert train.lr_multiplier(hi) <= train.lr_multiplier(lo) + 1e-12 or train.WARMUP_RATIO > 0
     assert min(train.FINAL_LR_FRAC, 1.0) - 1e-12 <= train.lr_multiplier(a) <= 1.0 + 1e-12
+
+def test_prefetch_yields_in_order_then_reraises_the_loaders_error():
+    def loader():
+        yield from range(10)
+        raise ValueError("shard unreadable")
+
+    batches = train.prefetch(loader(), depth=2)
+    assert [next(batches) for _ in range(10)] == list(range(10))
+    with pytest.raises(ValueError, match="shard unreadable"):
+        next(batches)
 
 # ---------------------------------------------------------------------------
 # CUDA only
