@@ -370,7 +370,7 @@ def test_gpu_task_without_gpus_crashes_cleanly(pytester, research, monkeypatch):
 def test_patience_skips_the_remaining_iterations(pytester, research):
     write_task(pytester.path, step=-1)
     result = research("--autoresearch-iterations", "5", "--autoresearch-patience", "2", "-rs")
-    result.stdout.fnmatch_lines(["*patience: 2 iterations in a row without a keep*", "*3 skipped, 2 discarded*"])
+    result.stdout.fnmatch_lines(["*patience: 2 iterations in a row without a keep*", "*3 skipped*2 discarded*"])
     assert [r["status"] for r in records(pytester.path)] == ["baseline", "discard", "discard"]
 
 
