@@ -158,7 +158,9 @@ def task_markdown(task: str, records: list[dict]) -> str:
     else:
         improvement = "n/a"
     sigma = noise(records)
-    busy = sum(_number(r.get("duration_s")) or 0.0 for r in records)
+    # mutator + runner time counts each run once (an iteration's duration_s also holds the baseline
+    # scoring it triggered, which has its own record)
+    busy = sum((_number(r.get("mutator_s")) or 0.0) + (_number(r.get("runner_s")) or 0.0) for r in records)
     lines = [
         f"## {task}", "",
         f"metric `{metric}`, {'lower' if minimize else 'higher'} is better", "",
@@ -168,7 +170,7 @@ def task_markdown(task: str, records: list[dict]) -> str:
         f"| total improvement | {improvement} |",
         f"| iterations | {len(records)}: {count_text} |",
         f"| crashes | {counts['crash']} |",
-        f"| time | {_duration(busy)} summed over runs; "
+        f"| time | {_duration(busy)} in mutators and runners; "
         f"{_duration(_wall_span(records))} wall (first start to last end) |",
         f"| noise (std) | {'n/a' if sigma is None else f'{sigma[0]:.6f} ({sigma[1]})'} |",
         "", "### Kept changes", "",
@@ -279,7 +281,7 @@ def results_tsv(tasks: dict[str, list[dict]]) -> str:
                 continue
             score = None if status == "crash" else _number(r.get("score"))
             vram = None if status == "crash" else _number((r.get("metrics") or {}).get("peak_vram_mb"))
-            desc = _one_line(r.get("description")) or str(r.get("status"))
+            desc = _one_line(r.get("description")) or _one_line(r.get("reason")) or str(r.get("status"))
             desc = f"[{task}] {desc}" if len(tasks) > 1 else desc
             commit = str(r.get("commit") or "")[:7] or "-"
             rows.append(f"{commit}\t{score or 0.0:.6f}\t{(vram or 0.0) / 1024:.1f}\t{status}\t{desc}")

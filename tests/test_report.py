@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 def _record(task: str, iteration: int, status: str, score: float | None, **extra) -> dict:
     minutes = iteration * 10  # one iteration every 10 minutes, each busy for 5
     record = {"task": task, "iteration": iteration, "status": status, "score": score,
-              "started_at": f"2025-01-01T{minutes // 60:02d}:{minutes % 60:02d}:00+00:00", "duration_s": 300.0,
+              "started_at": f"2025-01-01T{minutes // 60:02d}:{minutes % 60:02d}:00+00:00", "duration_s": 300.0, "runner_s": 290.0, "mutator_s": 10.0,
               "description": "", "reason": "", "metrics": {}, "commit": None}
     return record | extra
 
@@ -92,7 +92,7 @@ def test_report_md_contents(results: Path, tmp_path: Path) -> None:
     assert "| noise (std) | 0.002000 (3 baseline scores) |" in bpb
     assert "| 2 | CUDA out of memory |" in bpb and "| 1 | FAIL: loss is NaN |" in bpb
     # 9 runs of 300 s; first start 00:00, last end 01:20 + 5 min
-    assert "45m 00s summed over runs; 1h 25m 00s wall" in bpb
+    assert "45m 00s in mutators and runners; 1h 25m 00s wall" in bpb
     # maximize: best is the highest; noise from the twice-scored candidate; '|' cannot break the table
     assert "| best | 0.600000 |" in skill and "| total improvement | 0.100000 (20.00%) |" in skill
     assert "| 2 | 0.600000 | +0.100000 | add / examples |" in skill
