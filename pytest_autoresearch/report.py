@@ -11,18 +11,18 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import math
 import os
 import statistics
 import sys
-import tempfile
 from collections import Counter, defaultdict
 from datetime import datetime, timedelta
 from pathlib import Path
 
+from .files import write_atomic
+from .results import STATUSES, read_records
+
 FIG_WIDTH_IN, TASK_HEIGHT_IN, DPI = 14, 5, 100
-STATUSES = ("baseline", "keep", "discard", "crash", "rejected", "interrupted")
 # The upstream's results.tsv knows keep/discard/crash; its first row is the baseline, logged as keep.
 TSV_STATUS = {"baseline": "keep", "keep": "keep", "discard": "discard", "rejected": "discard", "crash": "crash"}
 TSV_HEADER = "commit\tval_bpb\tmemory_gb\tstatus\tdescription"
@@ -35,20 +35,9 @@ LABEL_CHARS = 45
 
 def load_records(path: Path) -> list[dict]:
     """Every JSON object line of the file; other lines are skipped with a warning naming file:line."""
-    records = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                record = None
-            if isinstance(record, dict):
-                records.append(record)
-            else:
-                print(f"report: warning: {path}:{lineno}: skipped, not a JSON object", file=sys.stderr)
-    return records
+    def warn(number: int, line: str) -> None:
+        print(f"report: warning: {path}:{number}: skipped, not a JSON object", file=sys.stderr)
+    return read_records(path, on_bad_line=warn)
 
 
 def _number(value: object) -> float | None:
@@ -288,17 +277,6 @@ def results_tsv(tasks: dict[str, list[dict]]) -> str:
     return "\n".join(rows) + "\n"
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_report(results_path: str | os.PathLike, out_dir: str | os.PathLike | None = None,
                  tsv: bool = False) -> list[Path]:
     """Write progress.png, report.md (and results.tsv) into out_dir (default: beside results); return the paths."""
@@ -311,7 +289,7 @@ def write_report(results_path: str | os.PathLike, out_dir: str | os.PathLike | N
     if tsv:
         files[out / "results.tsv"] = results_tsv(tasks).encode()
     for path, data in files.items():
-        _write_atomic(path, data)
+        write_atomic(path, data)
     return list(files)
 
 

@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 import os
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from filelock import FileLock
+
+from .files import write_atomic
 
 STATUSES = ("baseline", "keep", "discard", "crash", "rejected", "interrupted")
 
@@ -46,7 +49,33 @@ class Record:
 
 
 def mean(scores: list[float]) -> float | None:
-    return sum(scores) / len(scores) if scores else None
+    # 12 significant digits: drops float noise like 1.3463336666666665 from the record, keeps any real digit
+    return float(f"{sum(scores) / len(scores):.12g}") if scores else None
+
+
+def read_records(path: Path, task: str | None = None,
+                 on_bad_line: Callable[[int, str], None] | None = None) -> list[dict[str, Any]]:
+    """The JSON objects of results.jsonl (of `task` only, if given); [] for a missing file. Every other
+    non-blank line (torn, hand-edited, not an object) is skipped and, if given, passed to on_bad_line with
+    its 1-based number."""
+    try:
+        text = Path(path).read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        return []
+    out = []
+    for number, line in enumerate(text.split("\n"), 1):  # "\n" only: U+2028 may sit inside a JSON string
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            record = None
+        if not isinstance(record, dict):
+            if on_bad_line is not None:
+                on_bad_line(number, line)
+        elif task is None or record.get("task") == task:
+            out.append(record)
+    return out
 
 
 class ResultsStore:
@@ -72,23 +101,13 @@ class ResultsStore:
             os.fsync(f.fileno())
 
     def records(self, task: str | None = None) -> list[dict[str, Any]]:
-        try:
-            lines = self.path.read_text(encoding="utf-8", errors="replace").splitlines()
-        except FileNotFoundError:
-            return []
-        out = []
-        for number, line in enumerate(lines, 1):
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                if line.strip() and number not in self.warned:  # a torn line from a killed writer
-                    self.warned.add(number)
-                    warnings.warn(f"{self.path}:{number}: skipping a line that is not a whole JSON record "
-                                  f"(a writer killed mid-line?): {line[:60]!r}", stacklevel=2)
-                continue
-            if isinstance(record, dict) and (task is None or record.get("task") == task):
-                out.append(record)
-        return out
+        return read_records(self.path, task, on_bad_line=self._warn_once)
+
+    def _warn_once(self, number: int, line: str) -> None:
+        if number not in self.warned:  # a torn line from a killed writer
+            self.warned.add(number)
+            warnings.warn(f"{self.path}:{number}: skipping a line that is not a whole JSON record "
+                          f"(a writer killed mid-line?): {line[:60]!r}", stacklevel=4)  # at records()'s caller
 
     def scores_for(self, task: str, content_hash: str, reuse_kept: bool = True) -> list[float]:
         """Scores already measured for this artifact content: a baseline record's, else (reuse_kept) a kept
@@ -138,7 +157,5 @@ class ResultsStore:
             number = max(recorded, int(handed_out.get(task, 0))) + 1
             handed_out[task] = number
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.counters.with_name(self.counters.name + f".{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(handed_out), encoding="utf-8")
-            os.replace(tmp, self.counters)
+            write_atomic(self.counters, json.dumps(handed_out))
             return number

@@ -51,7 +51,8 @@ def extract_metrics(stdout: str) -> dict[str, float]:
 
 
 def score_once(task: Task, sandbox: Path, env: Mapping[str, str], log: BinaryIO, header: str) -> RunOutcome:
-    log.write(f"[autoresearch] {header}: {task.runner_command}\n".encode())
+    gpu = f" on CUDA_VISIBLE_DEVICES={env['CUDA_VISIBLE_DEVICES']}" if "CUDA_VISIBLE_DEVICES" in env else ""
+    log.write(f"[autoresearch] {header}{gpu}: {task.runner_command}\n".encode())
     log.flush()
     result = run_logged(task.runner_command, sandbox, env, task.runner_timeout, log)
     if (failure := result.failure("runner", task.runner_timeout)) is not None:

@@ -11,6 +11,7 @@ import subprocess
 from collections.abc import Mapping
 from pathlib import Path
 
+from .files import write_atomic
 from .sandbox import Content, Link
 from .task import Task
 
@@ -73,9 +74,7 @@ class Snapshot:
                           for rel, c in sorted(files.items())},
                 "protected": dict(sorted(protected.items()))}
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(data), encoding="utf-8")
-        os.replace(tmp, self.path)
+        write_atomic(self.path, json.dumps(data))
 
 
 def protected_hashes(task: Task, contents: Mapping[str, Content]) -> dict[str, str]:

@@ -268,3 +268,20 @@ def test_stale_keep_is_rebased_only_without_conflict_and_when_still_better(tmp_p
     assert _rebase(engine, task, rec, keep, mine, baseline, conflicting).reason.startswith("stale: conflicts")
     unscored = {**newer, "experiments/t/new.txt": b"z\n"}
     assert "not scored yet" in _rebase(engine, task, rec, keep, mine, baseline, unscored).reason
+
+
+def test_write_atomic_gives_new_files_the_usual_mode_and_keeps_existing_modes(tmp_path):
+    from pytest_autoresearch.files import write_atomic
+
+    old = os.umask(0o022)
+    try:
+        write_atomic(tmp_path / "new.md", "report\n")
+        script = tmp_path / "run.sh"
+        script.write_text("old\n")
+        script.chmod(0o755)
+        write_atomic(script, b"new\n")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "new.md").stat().st_mode & 0o777 == 0o644
+    assert script.stat().st_mode & 0o777 == 0o755 and script.read_bytes() == b"new\n"
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []

@@ -26,19 +26,19 @@ from __future__ import annotations
 import argparse
 import ast
 import glob
-import json
 import math
 import operator
 import os
 import random
 import re
-import shutil
 import sys
-import tempfile
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from itertools import combinations
 from pathlib import Path
+
+from ..files import write_atomic
+from ..results import read_records
 
 CHOICES = {"WINDOW_PATTERN": ("L", "SL", "SSL", "SSSL", "SSSSL")}
 COUNT_WORDS = frozenset({"DEPTH", "HEAD", "HEADS", "LAYER", "LAYERS"})
@@ -247,13 +247,7 @@ def load_history(results: Path | None, task: str | None) -> list[tuple[str, list
     if results is None or not results.is_file():
         return []
     history = []
-    for line in results.read_text(encoding="utf-8").splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if not isinstance(record, dict) or (task and record.get("task") != task):
-            continue
+    for record in read_records(results, task or None):
         try:
             changes = [(str(c["name"]), _eval_text(str(c["old"])), _eval_text(str(c["new"])))
                        for c in record.get("changes") or []]
@@ -315,19 +309,6 @@ def apply_moves(source: str, moves: tuple[Move, ...]) -> str:
         if m.const.name not in values or values[m.const.name] != m.new:
             raise RuntimeError(f"hparams: rewriting {m.const.name} to {m.text} did not yield {m.new!r}")
     return edited
-
-
-def write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        if path.exists():
-            shutil.copymode(path, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _artifact(globs: str) -> Path:

@@ -1,0 +1,36 @@
+"""Atomic file replacement: readers see the old content or the new one, never a half-written file."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+
+def _umask() -> int:
+    mask = os.umask(0)  # the only portable way to read it is to set it and put it back
+    os.umask(mask)
+    return mask
+
+
+def write_atomic(path: Path, data: bytes | str) -> None:
+    """Replace path with data (str is written as UTF-8, newlines untranslated) through a temp file in the
+    same folder, fsynced and renamed over it. An existing file's mode is kept (an executable script stays
+    executable); a new file gets the mode open() would give it (0666 less the umask), not mkstemp's 0600,
+    so reports stay readable by others. On any failure the temp file is removed and path is untouched."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode("utf-8") if isinstance(data, str) else data)
+            f.flush()
+            os.fsync(f.fileno())
+        if path.exists():
+            shutil.copymode(path, tmp)
+        else:
+            os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
