@@ -10,7 +10,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from autoresearch_helpers import PY, REPO_ROOT, plugin_args, records, write_task
+from autoresearch_helpers import REPO_ROOT, plugin_args, records, write_task
 
 pytest_plugins = ["pytester"]
 

@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from pytest_autoresearch.policy import Decision, GreedyPolicy, NoiseAwarePolicy, make_policy, student_t_sf
