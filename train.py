@@ -614,6 +614,10 @@ def main():
                 loss = train_model(x, y)
             (loss / grad_accum).backward()
             break
+        except torch.OutOfMemoryError as e:
+            # every other plan needs at least as much memory: say what to change instead of trying them all
+            sys.exit(f"train.py: CUDA out of memory in the first step with DEVICE_BATCH_SIZE={DEVICE_BATCH_SIZE}: "
+                     f"lower it (TOTAL_BATCH_SIZE is kept by gradient accumulation) or shrink the model. {str(e)[:200]}")
         except Exception as e:
             how = "compiled" if compiled else "eager"
             print(f"attention {attention.name()} ({how}) failed: {type(e).__name__}: {str(e)[:300]}")

@@ -105,6 +105,21 @@ def test_exploding_learning_rates_fail_fast(toy_project, tmp_path):
     assert "FAIL" in done.stdout.splitlines()
     assert "---" not in done.stdout.splitlines() and "val_bpb:" not in done.stdout
 
+@pytest.mark.slow
+def test_out_of_memory_in_the_first_step_says_what_to_lower(toy_project, tmp_path):
+    root, cache = toy_project
+    for name in ("prepare.py", "train.py"):
+        shutil.copy(root / name, tmp_path / name)
+    script = (tmp_path / "train.py").read_text()
+    first_step = "                loss = train_model(x, y)\n"  # its first occurrence: the attention-plan trial step
+    assert first_step in script
+    (tmp_path / "train.py").write_text(script.replace(first_step, '                raise torch.OutOfMemoryError("simulated")\n', 1))
+    done = run_script(tmp_path, cache, "train.py")
+    assert done.returncode == 1
+    assert "CUDA out of memory in the first step with DEVICE_BATCH_SIZE=32: lower it" in done.stderr
+    assert "failed:" not in done.stdout  # no other attention plan tried: they need as much memory
+
+
 # ---------------------------------------------------------------------------
 # Model pieces
 # ---------------------------------------------------------------------------
