@@ -31,9 +31,10 @@ xdist)
   (
     cd "$H" && export AUTORESEARCH_CACHE=/tmp/cache-small PYTHONPATH=$H:$PYTHONPATH
     P="python3 -m pytest -p pytest_autoresearch.plugin -p no:cacheprovider --autoresearch experiments/train-bpb-greedy"
-    echo "== one iteration alone (scores the baseline first)"; /usr/bin/time -f "wall_s: %e" $P
-    echo "== one iteration alone (baseline reused)"; /usr/bin/time -f "wall_s: %e" $P
-    echo "== two iterations, -n 2"; /usr/bin/time -f "wall_s: %e" $P -n 2 --autoresearch-iterations 2 -v
+    TIMEFORMAT="wall_s: %R"   # bash's own `time`: the image may lack /usr/bin/time
+    echo "== one iteration alone (scores the baseline first)"; time $P
+    echo "== one iteration alone (baseline reused)"; time $P
+    echo "== two iterations, -n 2"; time $P -n 2 --autoresearch-iterations 2 -v
   ) > "$OUT/harness.txt" 2>&1
   tar -czf "$OUT/harness-work.tgz" -C "$H" work
   ;;
