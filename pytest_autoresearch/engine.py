@@ -20,6 +20,7 @@ from .workspace import apply_contents
 
 BASE_SEED = 42  # baseline run r gets BASE_SEED + r; the mutator of iteration i gets BASE_SEED + i
 REUSES_KEPT_SCORES = ("greedy",)  # policies whose keeps' scores stand in for the new baseline (see runner_seed)
+WILDCARD = re.compile(r"[*?\[]")  # a glob part holding one of these is not a literal folder name
 
 
 def runner_seed(task: Task, iteration: int, run: int) -> int:
@@ -31,7 +32,6 @@ def runner_seed(task: Task, iteration: int, run: int) -> int:
     if task.policy.kind in REUSES_KEPT_SCORES or iteration == 0:
         return BASE_SEED + run
     return BASE_SEED + task.policy.repeats * iteration + run
-WILDCARD = re.compile(r"[*?\[]")
 
 
 @dataclass(frozen=True)
