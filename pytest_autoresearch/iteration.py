@@ -189,9 +189,13 @@ def _workspace_iteration(engine: Engine, task: Task, record: Record, scratch: Pa
     candidate = read_contents(sandbox, [rel for rel in before if task.is_artifact(rel)])
     protected_now = protected_hashes(task, read_contents(sandbox, [rel for rel in before if task.is_protected(rel)]))
     snapshot = Snapshot(engine.state_dir, task)
-    saved = snapshot.load() or git_head_contents(task) or (candidate, protected_now)
+    saved = snapshot.load()
+    if saved is None:  # first run: HEAD's state, else the workspace as found; protected files that HEAD
+        # lacks (untracked data, caches) count as they are now, not as changed
+        baseline, head_protected = git_head_contents(task) or (candidate, protected_now)
+        saved = (baseline, {**protected_now, **head_protected})
+        snapshot.save(*saved)
     baseline, protected_then = saved
-    snapshot.save(baseline, protected_then)
     record.baseline_hash = hash_contents(baseline)
     if not engine.ensure_baseline(task, record, sandbox, baseline, scratch, extra_env):
         return

@@ -49,7 +49,8 @@ def count_lines(old: Content | None, new: Content | None) -> int:
         if isinstance(content, Link):
             return [content.target]
         try:
-            return content.decode("utf-8").splitlines()
+            # keepends: a changed line ending or a newline added at the end is a changed line, as in diff
+            return content.decode("utf-8").splitlines(keepends=True)
         except UnicodeDecodeError:
             return content.split(b"\n")
     a, b = lines(old), lines(new)

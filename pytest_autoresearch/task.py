@@ -92,7 +92,11 @@ def _glob_regex(glob: str) -> re.Pattern[str]:
                 i += 1
             elif pattern[i] == "[" and (end := pattern.find("]", i + 2)) != -1:
                 body = pattern[i + 1:end]
-                out.append("[^" + re.escape(body[1:]) + "]" if body.startswith("!") else "[" + re.escape(body) + "]")
+                negated = body.startswith("!")
+                # ranges like 0-9 stay ranges; only what regex classes treat specially is escaped; a class
+                # never matches "/", so it stays within one folder like * and ?
+                members = re.sub(r"([\\\]\[^])", r"\\\1", body[1:] if negated else body)
+                out.append(f"[^/{members}]" if negated else f"(?!/)[{members}]")
                 i = end + 1
             else:
                 out.append(re.escape(pattern[i]))

@@ -64,6 +64,8 @@ def test_errors_are_one_line_naming_file_and_key(tmp_path, spec, message):
     ("src/*.py", "src/a.py", True), ("src/*.py", "src/sub/a.py", False), ("src/**/*.py", "src/a.py", True),
     ("src/**/*.py", "src/x/y/a.py", True), ("src/", "src/x/y", True), ("a?.txt", "ab.txt", True),
     ("a?.txt", "a/.txt", False), ("[ab].md", "b.md", True), ("[!ab].md", "b.md", False), ("x.md", "x.md", True),
+    ("f[0-9].py", "f5.py", True), ("f[0-9].py", "f-.py", False),  # a range, not the characters 0, - and 9
+    ("f[!a].py", "fb.py", True), ("f[!a].py", "f/.py", False), ("f[/].py", "f/.py", False),  # classes stay in a folder
 ])
 def test_artifact_globs(tmp_path, glob, path, matches):
     assert task_at(tmp_path, artifacts=[glob]).is_artifact(path) is matches
@@ -82,6 +84,8 @@ def test_count_lines_matches_a_unified_diff():
     assert count_lines(b"a\nb\nc\n", b"a\nB\nc\nd\n") == 3  # -b +B +d
     assert count_lines(None, b"1\n2\n") == 2 and count_lines(b"1\n", None) == 1
     assert count_lines(b"x", Link("y")) == 2
+    assert count_lines(b"a\nb\n", b"a\r\nb\r\n") == 4  # new line endings change every line
+    assert count_lines(b"a", b"a\n") == 2  # as diff's "\\ No newline at end of file": -a +a
 
 
 @settings(max_examples=40, deadline=None)

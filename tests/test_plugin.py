@@ -229,6 +229,22 @@ def test_workspace_mode_rejection_restores_artifacts(pytester, research):
     assert value(pytester) == "1\n"
 
 
+def test_workspace_mode_baseline_from_git_head_ignores_untracked_protected_files(pytester, research):
+    write_task(pytester.path, spec={"mutator": "workspace", "protected": ["data/*"]})
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    pytester.run(git[0], "init", "-q")
+    pytester.run(*git, "add", "-A")
+    pytester.run(*git, "commit", "-qm", "init")
+    (pytester.path / "data").mkdir()
+    (pytester.path / "data/cache.bin").write_bytes(b"never committed")  # protected, but not in HEAD
+    (pytester.path / "experiments/t/value.txt").write_text("5\n")  # the agent's edit against HEAD's 1
+    research()
+    assert [r["status"] for r in records(pytester.path)] == ["baseline", "keep"] and value(pytester) == "5\n"
+    (pytester.path / "data/cache.bin").write_bytes(b"changed")  # from now on it is held fixed
+    (pytester.path / "experiments/t/value.txt").write_text("6\n")
+    research().stdout.fnmatch_lines(["*rejected: protected file changed: data/cache.bin*"])
+
+
 # ----------------------------------------------------------------------------
 # Command line, reports, inertness
 
