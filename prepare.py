@@ -531,17 +531,31 @@ def make_dataloader(tokenizer, B, T, split, buffer_size=1000, device=None):
 # Evaluation (the fixed metric)
 # ---------------------------------------------------------------------------
 
+def _val_rows(tokenizer, T):
+    """The val shard read once, packed into rows of T+1 tokens exactly as the dataloader packs it.
+    The order depends only on the data and T, never on a batch size."""
+    bos = tokenizer.get_bos_token_id()
+    docs = (doc for texts, _ in _document_batches("val", epochs=1) for doc in tokenizer.encode(texts, prepend=bos))
+    return pack_rows(docs, T + 1, buffer_size=1000)
+
+
 @torch.no_grad()
 def evaluate_bpb(model, tokenizer, batch_size):
     """
     Bits per byte on the validation shard: independent of vocabulary size, so tokenizers are comparable.
     Sums per-token cross-entropy (nats) and UTF-8 bytes over targets that are not special tokens, over
-    EVAL_TOKENS of rows of MAX_SEQ_LEN, or the whole val shard once if it holds fewer.
+    the first EVAL_TOKENS // MAX_SEQ_LEN packed rows of the val shard, or all of its rows if it holds fewer.
     model(x, y, reduction='none') must return per-token losses of shape (B, T) or (B*T,).
     """
+    if batch_size < 1:
+        raise ValueError(f"evaluate_bpb: batch_size must be at least 1, not {batch_size}")
     device = next(model.parameters()).device
     token_bytes = get_token_bytes(device)
-    steps = EVAL_TOKENS // (batch_size * MAX_SEQ_LEN)
+    # Count rows, not batches: batch_size (DEVICE_BATCH_SIZE) is a knob agents turn, and a batch count would
+    # move the end of the evaluated prefix with it. The last batch may be smaller. At the default B=128 the
+    # rows are the same 80 full batches as before (EVAL_TOKENS is a multiple of 128 * MAX_SEQ_LEN).
+    num_rows = EVAL_TOKENS // MAX_SEQ_LEN
+    rows = itertools.islice(_val_rows(tokenizer, MAX_SEQ_LEN), num_rows)  # one pass: no document weighs twice
     accumulate = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
     total_nats = torch.zeros((), dtype=accumulate, device=device)
     total_bytes = torch.zeros((), dtype=torch.int64, device=device)
@@ -549,19 +563,20 @@ def evaluate_bpb(model, tokenizer, batch_size):
     model.eval()
     done = 0
     try:
-        # One pass at most (epochs=1): repeating val documents would weigh some of them twice.
-        for x, y, _ in itertools.islice(_batches(tokenizer, batch_size, MAX_SEQ_LEN, "val", 1000, device, epochs=1), steps):
+        while batch := list(itertools.islice(rows, batch_size)):
+            packed = torch.tensor(batch, dtype=torch.long)
+            x, y = torch.stack((packed[:, :-1], packed[:, 1:])).to(device)  # contiguous, like the dataloader's
             loss = model(x, y, reduction="none").reshape(-1)
             nbytes = token_bytes[y.reshape(-1)]
             total_nats += torch.where(nbytes > 0, loss, 0.0).sum(dtype=accumulate)
             total_bytes += nbytes.sum()
-            done += 1
+            done += len(batch)
     finally:
         model.train(was_training)
     if done == 0:
-        raise ValueError(f"{data_dir()}: {VAL_FILENAME} holds less than one batch of {batch_size}x{MAX_SEQ_LEN} tokens")
-    if done < steps:
-        print(f"note: val split holds only {done * batch_size * MAX_SEQ_LEN:,} of EVAL_TOKENS={EVAL_TOKENS:,} tokens; val_bpb uses those")
+        raise ValueError(f"{data_dir()}: {VAL_FILENAME} holds less than one row of {MAX_SEQ_LEN + 1} tokens")
+    if done < num_rows:
+        print(f"note: val split holds only {done * MAX_SEQ_LEN:,} of EVAL_TOKENS={EVAL_TOKENS:,} tokens; val_bpb uses those")
     return total_nats.item() / (math.log(2) * total_bytes.item())
 
 # ---------------------------------------------------------------------------

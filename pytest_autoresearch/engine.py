@@ -84,6 +84,7 @@ class Engine:
                    AUTORESEARCH_BASELINE_SCORE="" if record.baseline_score is None else repr(record.baseline_score),
                    AUTORESEARCH_TASK_FILE=str(self._in_sandbox(task.path, sandbox)),
                    AUTORESEARCH_ARTIFACTS=os.pathsep.join(task.artifacts),
+                   AUTORESEARCH_PROTECTED=os.pathsep.join(task.protected),
                    AUTORESEARCH_MAX_FILES="" if task.max_files is None else str(task.max_files),
                    AUTORESEARCH_MAX_LINES="" if task.max_lines is None else str(task.max_lines))
         prompts = [task.prompt] if task.prompt is not None else [task.path.parent / "program.md",

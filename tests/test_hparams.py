@@ -15,9 +15,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from pytest_autoresearch.engine import Engine
 from pytest_autoresearch.mutators import hparams
-from pytest_autoresearch.mutators.hparams import (apply_moves, candidate_moves, choose, describe, find_constants,
-                                                  load_history, parse_description)
+from pytest_autoresearch.mutators.hparams import (apply_moves, batch_safe, candidate_moves, choose, describe,
+                                                  find_constants, load_history, parse_description)
+from pytest_autoresearch.results import Record, ResultsStore
+from pytest_autoresearch.task import load_task
 
 REPO = Path(__file__).resolve().parents[1]
 PATTERNS = ("L", "SL", "SSL", "SSSL", "SSSSL")
@@ -150,6 +153,17 @@ def test_one_edit_follows_the_rules(source: str, seed: int, max_lines: int) -> N
     assert describe(moves) == ", ".join(f"{m.const.name} {m.const.text} → {m.text}" for m in moves)
     assert parse_description(describe(moves)) == [(m.const.name, before[m.const.name], after[m.const.name])
                                                   for m in moves]
+    assert sum("BATCH" in _words(name) for name in changed) <= 1
+    if _batch_divides(before):
+        assert _batch_divides(after)
+
+
+def _batch_divides(values: dict[str, object], seq_len: int = 2048) -> bool:
+    """train.py's check: TOTAL_BATCH_SIZE a multiple of DEVICE_BATCH_SIZE * MAX_SEQ_LEN (when both are ints)."""
+    total, device = values.get("TOTAL_BATCH_SIZE"), values.get("DEVICE_BATCH_SIZE")
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (total, device)) or device == 0:
+        return True
+    return total % (device * seq_len) == 0
 
 
 @settings(max_examples=40, deadline=None)
@@ -189,7 +203,7 @@ def test_candidates_on_an_upstream_like_block() -> None:
     source = SMALL + '\n'.join([
         "ASPECT_RATIO = 64", "HEAD_DIM = 128", "WARMDOWN_RATIO = 0.9", "N_HEAD = 1", "USE_FLAG = True",
         "H100_BF16_PEAK_FLOPS = 989.5e12", "MAX_SEQ_LEN = 1024", "EVAL_STEPS = 3; SEED = 42",
-        "UNTIMED_STEPS = 5", "LOG_EVERY = 10",
+        "UNTIMED_STEPS = 5", "LOG_EVERY = 10", "N_LAYER = -1",
         "ADAM_BETAS = (0.8, 0.95)", "lower_case = 3", "LONG = (1 +\n  2)", "TWICE = 1", "TWICE = 2", ""])
     moves = {c.name: sorted(m.text for m in candidate_moves(c)) for c in find_constants(source)}
     # imported, fixed (MAX_SEQ_LEN), not choices (FLOPS, SEED, ...), tuples, multi-line and reassigned names:
@@ -206,6 +220,7 @@ def test_candidates_on_an_upstream_like_block() -> None:
         "N_HEAD": ["2"],
         "USE_FLAG": ["False"],
         "EVAL_STEPS": ["2", "4"],
+        "N_LAYER": [],  # a count below 1 is a flag ("auto"), not a size
     }
 
 
@@ -307,3 +322,95 @@ def test_subprocess_reports_a_missing_artifact(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
         f"hparams: error: AUTORESEARCH_ARTIFACTS='src/*.py': no .py file matches in {tmp_path}"]
+
+
+# ---------------------------------------------------------------------------
+# Batch sizes train.py accepts
+# ---------------------------------------------------------------------------
+
+BATCHES = "TOTAL_BATCH_SIZE = 2**19  # tokens\nDEVICE_BATCH_SIZE = {device}  # sequences\nMATRIX_LR = 0.04\n"
+
+
+def test_batch_constants_never_move_together() -> None:
+    constants = find_constants(BATCHES.format(device=128))
+    moves = {(m.const.name, m.text): m for c in constants for m in candidate_moves(c)}
+    total_down, device_up = moves["TOTAL_BATCH_SIZE", "2**18"], moves["DEVICE_BATCH_SIZE", "256"]
+    assert batch_safe(constants, (total_down,)) and batch_safe(constants, (device_up,))  # 2**18 = 128 * 2048
+    assert not batch_safe(constants, (total_down, device_up))  # 2**18 is not a multiple of 256 * 2048
+    assert not batch_safe(constants, (moves["TOTAL_BATCH_SIZE", "2**20"], device_up))  # valid, but never paired
+    picks = [choose(constants, [], str(seed), 4) for seed in range(300)]
+    assert any(len(p) == 2 for p in picks)
+    assert all(sum("BATCH" in m.const.name for m in p) <= 1 for p in picks)
+
+
+def test_a_single_batch_move_keeps_the_total_a_multiple_of_a_pass() -> None:
+    constants = find_constants(BATCHES.format(device=256))  # after a kept DEVICE_BATCH_SIZE 128 → 256
+    proposed = {(m.const.name, m.text) for seed in range(300) for m in choose(constants, [], str(seed), 4)}
+    assert ("TOTAL_BATCH_SIZE", "2**18") not in proposed  # 2**18 < 256 * 2048: train.py would exit
+    assert ("DEVICE_BATCH_SIZE", "512") not in proposed
+    assert {("TOTAL_BATCH_SIZE", "2**20"), ("DEVICE_BATCH_SIZE", "128")} <= proposed
+    assert batch_safe(constants, tuple(m for c in constants for m in candidate_moves(c)
+                                       if m.text == "2**18"), seq_len=1024)  # 2**18 = 256 * 1024
+
+
+@pytest.mark.parametrize("prepare, expected", [(None, None), ("MAX_SEQ_LEN = 1024\n", "2**18"),
+                                               ("MAX_SEQ_LEN = len('a' * 1024)\n", None)])
+def test_max_seq_len_is_read_from_prepare_py(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                             prepare: str | None, expected: str | None) -> None:
+    (tmp_path / "train.py").write_text(BATCHES.format(device=256))
+    if prepare is not None:
+        (tmp_path / "prepare.py").write_text(prepare)
+    results = tmp_path / "results.jsonl"
+    tried = {"task": "t", "status": "discard", "description": "TOTAL_BATCH_SIZE 2**19 → 2**20"}
+    results.write_text(json.dumps(tried) + "\n")
+    monkeypatch.setenv("AUTORESEARCH_TASK", "t")
+    monkeypatch.chdir(tmp_path)
+    assert hparams.main(["--file", "train.py", "--results", str(results), "--names", "TOTAL_BATCH_SIZE"]) == 0
+    total = _values((tmp_path / "train.py").read_text())["TOTAL_BATCH_SIZE"]
+    assert total == (2**19 if expected is None else eval(expected))  # 2048 (the default): 2**18 is too few
+
+
+# ---------------------------------------------------------------------------
+# Which file: task.yaml's glob rules, never a protected file
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("artifacts, protected, edited", [
+    ("d/", "", "d/train.py"),  # a trailing / is everything below
+    ("**/*.py", "", "d/train.py"),  # train.py is preferred over the sorted-first a.py
+    ("*.py", "", "a.py"),  # `*` stays in its folder: d/train.py does not match
+    ("*.py", "a.py", "prepare.py"),
+    ("*.py" + os.pathsep + "d/*.py", "prepare.py", "d/train.py"),
+    ("**", "d/" + os.pathsep + "a.py", "prepare.py"),
+    ("**", "d/" + os.pathsep + "*.py", None),
+])
+def test_artifact_follows_task_globs_and_protection(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                   artifacts: str, protected: str, edited: str | None) -> None:
+    files = ("a.py", "prepare.py", "d/train.py", "d/z.py", "work/train.py", ".venv/train.py", "d/__pycache__/train.py")
+    for rel in files:
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(SMALL)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("AUTORESEARCH_ARTIFACTS", artifacts)
+    monkeypatch.setenv("AUTORESEARCH_PROTECTED", protected)
+    assert hparams.main([]) == (2 if edited is None else 0)
+    assert [rel for rel in files if (tmp_path / rel).read_text() != SMALL] == ([edited] if edited else [])
+
+
+def test_engine_env_protects_files_from_the_subprocess(tmp_path: Path) -> None:
+    """As the engine runs it: Engine.env exports the task's protected globs, and prepare.py (sorted first)
+    is left alone."""
+    (tmp_path / "task.yaml").write_text(
+        "artifacts: ['*.py']\nprotected: [prepare.py]\nmutator: {command: x}\nrunner: {command: y}\n"
+        "scorer: {metric: score, direction: minimize}\n")
+    task = load_task(tmp_path / "task.yaml", tmp_path)
+    engine = Engine(rootdir=tmp_path, results=ResultsStore(tmp_path / "results.jsonl"), worker="main", commit=False)
+    record = Record(task.name, 1, "running", "score", "minimize", "2024-01-01T00:00:00Z", "main")
+    sandbox = tmp_path / "sandbox"
+    sandbox.mkdir()
+    env = engine.env(task, record, 0, sandbox, {})
+    assert env["AUTORESEARCH_PROTECTED"] == "prepare.py"
+    (sandbox / "prepare.py").write_text(SMALL)
+    (sandbox / "train.py").write_text(SMALL)
+    done = _run(sandbox, env)
+    assert done.returncode == 0, done.stderr
+    assert (sandbox / "prepare.py").read_text() == SMALL and (sandbox / "train.py").read_text() != SMALL

@@ -212,6 +212,68 @@ def test_special_token_targets_count_neither_nats_nor_bytes(tokenizer, token_byt
     assert "note:" not in capsys.readouterr().out
 
 
+SHORT_T = 32  # a row length that gives the tiny val split hundreds of rows
+
+
+def positional_loss(y):
+    """A loss that differs per token and per position, so scoring any other set of rows would change val_bpb."""
+    return y.float() / 100 + torch.arange(y.shape[-1]).float() / 1000
+
+
+def val_rows(tokenizer, tiny_cache, T):
+    """Every packed row of the tiny val split, built from the parquet file directly (not through evaluate_bpb)."""
+    docs = tokenizer.encode(read_texts(tiny_cache / "data" / prepare.VAL_FILENAME), prepend=tokenizer.get_bos_token_id())
+    return torch.tensor(list(prepare.pack_rows(docs, T + 1)), dtype=torch.long)
+
+
+def evaluate(tokenizer, batch_size):
+    model = RecordingModel(positional_loss)
+    bpb = prepare.evaluate_bpb(model, tokenizer, batch_size=batch_size)
+    assert all(len(y) <= batch_size for y in model.targets)
+    return bpb, torch.cat(model.targets)
+
+
+@pytest.mark.parametrize("eval_rows", [50, 10**6])  # a prefix of the split, and more than it holds
+def test_val_bpb_scores_the_same_rows_whatever_the_batch_size(tokenizer, tiny_cache, use_tiny_cache, monkeypatch,
+                                                             capsys, eval_rows):
+    monkeypatch.setattr(prepare, "MAX_SEQ_LEN", SHORT_T)
+    monkeypatch.setattr(prepare, "EVAL_TOKENS", eval_rows * SHORT_T + SHORT_T // 2)  # a partial row is not scored
+    rows = val_rows(tokenizer, tiny_cache, SHORT_T)
+    assert 50 < len(rows) < 10**6
+    expected = rows[:eval_rows, 1:]
+    results = {b: evaluate(tokenizer, b) for b in (1, 3, 7, 128, 10**6)}  # 10**6: beyond the whole set
+    for bpb, targets in results.values():
+        assert torch.equal(targets, expected)
+        assert bpb == pytest.approx(results[1][0], rel=1e-12)
+    out = capsys.readouterr().out
+    if eval_rows < len(rows):
+        assert "note:" not in out
+    else:  # the note gives the tokens really scored
+        assert out.count(f"note: val split holds only {len(rows) * SHORT_T:,} of EVAL_TOKENS") == len(results)
+
+
+def test_whole_batches_score_what_the_read_once_val_loader_yields(tokenizer, use_tiny_cache, monkeypatch):
+    # The default (B=128, EVAL_TOKENS = 80 batches of 128 rows) must keep scoring the dataloader's first 80
+    # batches, as before rows were counted instead of batches; here 5 batches of 4 rows stand in for it.
+    monkeypatch.setattr(prepare, "MAX_SEQ_LEN", SHORT_T)
+    monkeypatch.setattr(prepare, "EVAL_TOKENS", 5 * 4 * SHORT_T)
+    assert prepare.EVAL_TOKENS % (4 * SHORT_T) == 0
+    # the read-once val loader evaluate_bpb used when it counted batches
+    loader = prepare._batches(tokenizer, 4, SHORT_T, "val", 1000, "cpu", epochs=1)
+    expected = torch.cat([next(loader)[1] for _ in range(5)])
+    assert torch.equal(evaluate(tokenizer, 4)[1], expected)
+
+
+def test_default_eval_set_is_whole_batches_of_the_default_batch_size():
+    assert prepare.EVAL_TOKENS % (128 * prepare.MAX_SEQ_LEN) == 0  # so B=128 needs no final partial batch
+
+
+@pytest.mark.parametrize("batch_size", [0, -1])
+def test_a_batch_size_below_one_is_a_clear_error(tokenizer, use_tiny_cache, batch_size):
+    with pytest.raises(ValueError, match="batch_size must be at least 1"):
+        prepare.evaluate_bpb(RecordingModel(positional_loss), tokenizer, batch_size=batch_size)
+
+
 # ---------------------------------------------------------------------------
 # Download
 # ---------------------------------------------------------------------------

@@ -1,21 +1,24 @@
 """LLM-free mutator: nudge one or two UPPER_CASE module-level constants of the artifact.
 
-The engine runs `python -m pytest_autoresearch.mutators.hparams` in the sandbox root. It edits the first
-`.py` file matching AUTORESEARCH_ARTIFACTS, rewriting only the value text of `NAME = value  # comment`
+The engine runs `python -m pytest_autoresearch.mutators.hparams` in the sandbox root. It edits one `.py` file
+matching AUTORESEARCH_ARTIFACTS (task.yaml glob rules; never one matching AUTORESEARCH_PROTECTED): the one
+named train.py, else the first in sorted order. It rewrites only the value text of `NAME = value  # comment`
 lines, and writes the description "NAME old → new[, NAME2 old → new]" to AUTORESEARCH_DESCRIPTION_FILE
-(`parse_description` reads it back). results.jsonl says which changes were tried (never repeated, nor a
-kept change undone) and which directions helped (tried again more often). Same AUTORESEARCH_SEED,
-AUTORESEARCH_ITERATION and results -> same edit. Pairs of changes only where AUTORESEARCH_MAX_LINES >= 4
-(each changed constant is 2 diff lines). AUTORESEARCH_HPARAMS / AUTORESEARCH_HPARAMS_SKIP (comma lists)
-restrict the names; by hand: --file, --seed, --results, --names, --skip. Exit 0, also when nothing is left
-to try (then the file is unchanged); exit 2 with one line on stderr for bad input.
+(`parse_description` reads it back). results.jsonl says which changes were tried (never repeated, nor a kept
+change undone) and which directions helped (tried again more often). Same AUTORESEARCH_SEED,
+AUTORESEARCH_ITERATION and results -> same edit. Pairs of changes only where AUTORESEARCH_MAX_LINES >= 4 (each
+changed constant is 2 diff lines), never two *BATCH* constants at once. train.py needs TOTAL_BATCH_SIZE to be
+a multiple of DEVICE_BATCH_SIZE * MAX_SEQ_LEN: a move that would break that is never proposed (MAX_SEQ_LEN:
+the artifact's own, else prepare.py's beside it, else 2048). AUTORESEARCH_HPARAMS / AUTORESEARCH_HPARAMS_SKIP
+(comma lists) restrict the names; by hand: --file, --seed, --results, --names, --skip. Exit 0, also when
+nothing is left to try (then the file is unchanged); exit 2 with one line on stderr for bad input.
 
 Step rules, first match wins:
   bool                                  toggled
   str                                   known choices only (WINDOW_PATTERN: L, SL, SSL, SSSL, SSSSL)
   int written `2**k`, or named *BATCH*  x2 / ÷2 (a power of two stays one; `2**k` stays `2**k`)
   int named *DIM* and a power of two    x2 / ÷2
-  int named *DEPTH*/*HEAD(S)*/*LAYER(S)*  ±1, never below 1
+  int named *DEPTH*/*HEAD(S)*/*LAYER(S)*  ±1, never below 1 (left alone when below 1)
   other int                             ± max(1, |v| // 8); a positive value stays >= 1
   float                                 x or ÷ 1.25 or 1.5, 3 significant digits; 0.0 steps up to 0.05 or 0.1;
                                         ratios (*RATIO*, *FRAC*, *BETA*, ...) valued in [0, 1] stay there
@@ -25,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import ast
-import glob
 import math
 import operator
 import os
@@ -39,6 +41,8 @@ from pathlib import Path
 
 from ..files import write_atomic
 from ..results import read_records
+from ..sandbox import Link, scan
+from ..task import _glob_regex
 
 CHOICES = {"WINDOW_PATTERN": ("L", "SL", "SSL", "SSSL", "SSSSL")}
 COUNT_WORDS = frozenset({"DEPTH", "HEAD", "HEADS", "LAYER", "LAYERS"})
@@ -53,6 +57,9 @@ NEVER_TOUCH_WORDS = frozenset({"FLOPS", "SEED", "VERSION", "EVERY", "UNTIMED"})
 # How one outcome scales the weight of trying the same (name, direction) again.
 OUTCOME_WEIGHT = {"keep": 2.0, "discard": 0.7, "rejected": 0.7, "crash": 0.4}
 PAIR_PROBABILITY = 0.25
+# train.py: TOTAL_BATCH_SIZE (tokens) must be a multiple of DEVICE_BATCH_SIZE (sequences) * MAX_SEQ_LEN.
+TOTAL_BATCH, DEVICE_BATCH = "TOTAL_BATCH_SIZE", "DEVICE_BATCH_SIZE"
+DEFAULT_SEQ_LEN = 2048  # prepare.py's MAX_SEQ_LEN, used when neither the artifact nor prepare.py says
 NAME_RE = re.compile(r"[A-Z][A-Z0-9_]*")
 POW2_TEXT_RE = re.compile(r"2\s*\*\*\s*\d+")
 ARROW = " → "
@@ -188,8 +195,8 @@ def _new_values(const: Constant) -> list:
     if isinstance(v, int):
         if POW2_TEXT_RE.fullmatch(const.text) or "BATCH" in words or ("DIM" in words and _is_pow2(v)):
             return ([v * 2] + ([v // 2] if v % 2 == 0 else [])) if v > 0 else []
-        if words & COUNT_WORDS:
-            return [v + 1] + ([v - 1] if v > 1 else [])
+        if words & COUNT_WORDS:  # a count below 1 (e.g. -1 for "auto") is a flag, not a size to step
+            return [v + 1] + ([v - 1] if v > 1 else []) if v >= 1 else []
         step = max(1, abs(v) // 8)
         return [v + step] + ([v - step] if v - step >= 1 or v < 1 else [])
     if v == 0.0:
@@ -260,9 +267,32 @@ def load_history(results: Path | None, task: str | None) -> list[tuple[str, list
     return history
 
 
-def choose(constants: list[Constant], history: list[tuple[str, list[Change]]], seed: str,
-           max_lines: int) -> tuple[Move, ...] | None:
-    """One or two moves on different constants, weighted by past outcomes, never a tried set; None if none left."""
+def _batch_divides(values: dict[str, object], seq_len: int) -> bool:
+    total, device = values.get(TOTAL_BATCH), values.get(DEVICE_BATCH)
+    if not (_is_number(total) and _is_number(device)) or device * seq_len == 0:
+        return True  # not train.py's pair of batch constants: nothing to keep
+    return total % (device * seq_len) == 0
+
+
+def batch_safe(constants: list[Constant], moves: tuple[Move, ...], seq_len: int = DEFAULT_SEQ_LEN) -> bool:
+    """False for two *BATCH* moves at once (one alone is easier to read and to keep valid), and for moves
+    that make TOTAL_BATCH_SIZE stop being a multiple of DEVICE_BATCH_SIZE * seq_len (train.py exits).
+    `constants`: all of the file's, also those --names/--skip keep from moving."""
+    batch_moves = [m for m in moves if "BATCH" in _words(m.const.name)]
+    if len(batch_moves) > 1:
+        return False
+    if not batch_moves:
+        return True
+    before = {c.name: c.value for c in constants}
+    after = before | {m.const.name: m.new for m in batch_moves}
+    return _batch_divides(after, seq_len) or not _batch_divides(before, seq_len)  # never break, may repair
+
+
+def choose(constants: list[Constant], history: list[tuple[str, list[Change]]], seed: str, max_lines: int,
+           seq_len: int = DEFAULT_SEQ_LEN, fixed: list[Constant] | None = None) -> tuple[Move, ...] | None:
+    """One or two moves on different constants, weighted by past outcomes, never a tried set nor one
+    `batch_safe` refuses (given the `fixed` constants too); None if none left."""
+    everything = constants + (fixed or [])
     tried, weights = set(), defaultdict(lambda: 1.0)
     for status, changes in history:
         if status == "interrupted":  # never scored: trying it again is fair
@@ -276,7 +306,7 @@ def choose(constants: list[Constant], history: list[tuple[str, list[Change]]], s
 
     def untried(candidates: list[tuple[Move, ...]]) -> list[tuple[Move, ...]]:
         return [c for c in candidates if frozenset(m.change for m in c) not in tried
-                and 2 * len({m.const.line for m in c}) <= max_lines]
+                and 2 * len({m.const.line for m in c}) <= max_lines and batch_safe(everything, c, seq_len)]
 
     singles = untried([(m,) for m in moves])
     pairs = untried([(a, b) for a, b in combinations(moves, 2) if a.const.name != b.const.name])
@@ -311,12 +341,34 @@ def apply_moves(source: str, moves: tuple[Move, ...]) -> str:
     return edited
 
 
-def _artifact(globs: str) -> Path:
-    for pattern in filter(None, globs.split(os.pathsep)):
-        for match in sorted(glob.glob(pattern, recursive=True)):
-            if match.endswith(".py") and os.path.isfile(match):
-                return Path(match)
-    raise MutatorError(f"AUTORESEARCH_ARTIFACTS={globs!r}: no .py file matches in {os.getcwd()}")
+def _artifact(globs: str, protected: str) -> Path:
+    """The artifact to edit, matched the way task.yaml matches (`*` within a folder, `**` across, `dir/`
+    = everything below) over the files the sandbox holds: train.py if it is one, else the first sorted."""
+    wanted = [_glob_regex(g) for g in globs.split(os.pathsep) if g]
+    guarded = [_glob_regex(g) for g in protected.split(os.pathsep) if g]
+    matches = sorted(rel for rel, state in scan(Path(".")).items()
+                     if not isinstance(state, Link) and rel.endswith(".py")
+                     and any(r.match(rel) for r in wanted) and not any(r.match(rel) for r in guarded))
+    if not matches:
+        unprotected = f" outside AUTORESEARCH_PROTECTED={protected!r}" if guarded else ""
+        raise MutatorError(f"AUTORESEARCH_ARTIFACTS={globs!r}: no .py file matches{unprotected} in {os.getcwd()}")
+    return Path(next((rel for rel in matches if rel.rpartition("/")[2] == "train.py"), matches[0]))
+
+
+def max_seq_len(artifact: Path) -> int:
+    """MAX_SEQ_LEN as a top-level literal of the artifact, else of prepare.py beside it, else the default."""
+    for path in (artifact, artifact.parent / "prepare.py"):
+        try:
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, SyntaxError):
+            continue
+        for node in tree.body:
+            if (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)
+                    and node.targets[0].id == "MAX_SEQ_LEN"):
+                value = literal_value(node.value)
+                if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                    return value
+    return DEFAULT_SEQ_LEN
 
 
 def _env_int(key: str, default: int) -> int:
@@ -334,7 +386,7 @@ def _name_list(text: str | None) -> set[str]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m pytest_autoresearch.mutators.hparams",
                                 description=__doc__.split("\n")[0])
-    p.add_argument("--file", type=Path, help="file to edit (default: first .py matching AUTORESEARCH_ARTIFACTS)")
+    p.add_argument("--file", type=Path, help="file to edit (default: the .py file AUTORESEARCH_ARTIFACTS picks)")
     p.add_argument("--seed", type=int, help="default: AUTORESEARCH_SEED, else 0")
     p.add_argument("--results", type=Path, help="default: AUTORESEARCH_RESULTS")
     p.add_argument("--names", default=os.environ.get("AUTORESEARCH_HPARAMS"),
@@ -344,7 +396,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     env = os.environ
     try:
-        path = args.file or _artifact(env.get("AUTORESEARCH_ARTIFACTS", ""))
+        path = args.file or _artifact(env.get("AUTORESEARCH_ARTIFACTS", ""), env.get("AUTORESEARCH_PROTECTED", ""))
         seed = args.seed if args.seed is not None else _env_int("AUTORESEARCH_SEED", 0)
         max_lines = _env_int("AUTORESEARCH_MAX_LINES", 4)
         results = args.results or (Path(env["AUTORESEARCH_RESULTS"]) if env.get("AUTORESEARCH_RESULTS") else None)
@@ -360,11 +412,12 @@ def main(argv: list[str] | None = None) -> int:
     allowed, skipped = _name_list(args.names), _name_list(args.skip)
     for name in sorted(allowed - {c.name for c in constants}):
         print(f"hparams: warning: {path}: {name} is not an editable constant", file=sys.stderr)
-    constants = [c for c in constants if (not allowed or c.name in allowed) and c.name not in skipped]
+    movable = [c for c in constants if (not allowed or c.name in allowed) and c.name not in skipped]
     history = load_history(results, env.get("AUTORESEARCH_TASK"))
-    moves = choose(constants, history, f"{seed}:{env.get('AUTORESEARCH_ITERATION', '')}", max_lines)
+    moves = choose(movable, history, f"{seed}:{env.get('AUTORESEARCH_ITERATION', '')}", max_lines,
+                   max_seq_len(path), [c for c in constants if c not in movable])
     if moves is None:
-        message = f"nothing changed: no untried change of {len(constants)} constants of {path} fits {max_lines} lines"
+        message = f"nothing changed: no untried change of {len(movable)} constants of {path} fits {max_lines} lines"
     else:
         message = describe(moves)
         write_atomic(path, apply_moves(source, moves))
