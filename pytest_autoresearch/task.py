@@ -60,10 +60,10 @@ class Task:
         return self.mutator_command is None
 
     def is_artifact(self, rel: str) -> bool:
-        return any(_glob_regex(g).match(rel) for g in self.artifacts) and not self.is_protected(rel)
+        return any(glob_regex(g).match(rel) for g in self.artifacts) and not self.is_protected(rel)
 
     def is_protected(self, rel: str) -> bool:
-        return any(_glob_regex(g).match(rel) for g in self.protected)
+        return any(glob_regex(g).match(rel) for g in self.protected)
 
 
 # ----------------------------------------------------------------------------
@@ -73,7 +73,8 @@ class Task:
 _GLOB_CACHE: dict[str, re.Pattern[str]] = {}
 
 
-def _glob_regex(glob: str) -> re.Pattern[str]:
+def glob_regex(glob: str) -> re.Pattern[str]:
+    """Compiled (and cached) regex matching the repo-relative paths that `glob` names."""
     if glob not in _GLOB_CACHE:
         pattern = glob + "**" if glob.endswith("/") else glob
         out, i = [], 0

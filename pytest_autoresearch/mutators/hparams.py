@@ -22,19 +22,19 @@ Step rules, first match wins:
   other int                             ± max(1, |v| // 8); a positive value stays >= 1
   float                                 x or ÷ 1.25 or 1.5, 3 significant digits; 0.0 steps up to 0.05 or 0.1;
                                         ratios (*RATIO*, *FRAC*, *BETA*, ...) valued in [0, 1] stay there
+
+Finding the constants and rewriting their value text is `constants`' job; this module is the search.
 """
 
 from __future__ import annotations
 
 import argparse
-import ast
 import math
-import operator
 import os
 import random
 import re
 import sys
-from collections import Counter, defaultdict
+from collections import defaultdict
 from dataclasses import dataclass
 from itertools import combinations
 from pathlib import Path
@@ -42,26 +42,21 @@ from pathlib import Path
 from ..files import write_atomic
 from ..results import read_records
 from ..sandbox import Link, scan
-from ..task import _glob_regex
+from ..task import glob_regex
+from .constants import (POW2_TEXT_RE, Constant, Value, apply_moves, eval_text, find_constants, first_positive_int,
+                        is_number, is_pow2, name_words, render)
 
 CHOICES = {"WINDOW_PATTERN": ("L", "SL", "SSL", "SSSL", "SSSSL")}
 COUNT_WORDS = frozenset({"DEPTH", "HEAD", "HEADS", "LAYER", "LAYERS"})
 RATIO_WORDS = frozenset({"RATIO", "FRAC", "BETA", "DROPOUT", "MOMENTUM", "PROB"})
 FACTORS = (1.25, 1.5)
 ZERO_STEPS = (0.05, 0.1)  # a multiplicative step cannot leave 0.0 (e.g. WARMUP_RATIO = 0.0)
-# prepare.py's fixed constants: a train.py that redefined them would move the goalposts, not improve.
-NEVER_TOUCH = frozenset({"MAX_SEQ_LEN", "TIME_BUDGET", "EVAL_TOKENS", "VOCAB_SIZE"})
-# Not research choices: hardware facts, seeds (a new seed only mines the noise), logging cadence, and
-# UNTIMED steps (they don't count against the time budget: more of them is free training, not progress).
-NEVER_TOUCH_WORDS = frozenset({"FLOPS", "SEED", "VERSION", "EVERY", "UNTIMED"})
 # How one outcome scales the weight of trying the same (name, direction) again.
 OUTCOME_WEIGHT = {"keep": 2.0, "discard": 0.7, "rejected": 0.7, "crash": 0.4}
 PAIR_PROBABILITY = 0.25
 # train.py: TOTAL_BATCH_SIZE (tokens) must be a multiple of DEVICE_BATCH_SIZE (sequences) * MAX_SEQ_LEN.
 TOTAL_BATCH, DEVICE_BATCH = "TOTAL_BATCH_SIZE", "DEVICE_BATCH_SIZE"
 DEFAULT_SEQ_LEN = 2048  # prepare.py's MAX_SEQ_LEN, used when neither the artifact nor prepare.py says
-NAME_RE = re.compile(r"[A-Z][A-Z0-9_]*")
-POW2_TEXT_RE = re.compile(r"2\s*\*\*\s*\d+")
 ARROW = " → "
 
 Change = tuple[str, object, object]  # (name, old value, new value)
@@ -72,19 +67,9 @@ class MutatorError(Exception):
 
 
 @dataclass(frozen=True)
-class Constant:
-    name: str
-    value: bool | int | float | str
-    text: str  # exact source text of the value
-    line: int  # 0-based line index
-    start: int  # byte offsets of the value text within its line
-    end: int
-
-
-@dataclass(frozen=True)
 class Move:
     const: Constant
-    new: bool | int | float | str
+    new: Value
     text: str
     direction: str
 
@@ -94,85 +79,8 @@ class Move:
 
 
 # ---------------------------------------------------------------------------
-# Reading constants and values
-# ---------------------------------------------------------------------------
-
-_BINOPS = {ast.Pow: operator.pow, ast.Mult: operator.mul, ast.Add: operator.add, ast.Sub: operator.sub,
-           ast.FloorDiv: operator.floordiv, ast.Div: operator.truediv}
-
-
-def _is_number(v: object) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-def literal_value(node: ast.AST) -> bool | int | float | str | None:
-    """Value of a literal or of small arithmetic on numbers (`2**19`, `40 * 524288`); None otherwise."""
-    if isinstance(node, ast.Constant) and isinstance(node.value, (bool, int, float, str)):
-        return node.value
-    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
-        v = literal_value(node.operand)
-        return -v if _is_number(v) else None
-    if isinstance(node, ast.BinOp) and type(node.op) in _BINOPS:
-        a, b = literal_value(node.left), literal_value(node.right)
-        if not (_is_number(a) and _is_number(b)) or (isinstance(node.op, ast.Pow) and abs(b) > 64):
-            return None
-        try:
-            v = _BINOPS[type(node.op)](a, b)
-        except (ArithmeticError, ValueError):
-            return None
-        return v if _is_number(v) else None
-    return None
-
-
-def _eval_text(text: str) -> bool | int | float | str | None:
-    try:
-        return literal_value(ast.parse(text.strip(), mode="eval").body)
-    except SyntaxError:
-        return None
-
-
-def find_constants(source: str) -> list[Constant]:
-    """Editable constants: one-line top-level `NAME = literal` assigned once and not imported."""
-    tree = ast.parse(source)
-    lines = source.split("\n")
-    imported = {(a.asname or a.name).split(".")[0] for node in tree.body
-                if isinstance(node, (ast.Import, ast.ImportFrom)) for a in node.names}
-    stores = Counter(n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store))
-    found = []
-    for node in tree.body:
-        if isinstance(node, ast.Assign) and len(node.targets) == 1:
-            target = node.targets[0]
-        elif isinstance(node, ast.AnnAssign) and node.value is not None:
-            target = node.target
-        else:
-            continue
-        if not isinstance(target, ast.Name) or not NAME_RE.fullmatch(target.id):
-            continue
-        name, value = target.id, node.value
-        if (name in imported or name in NEVER_TOUCH or _words(name) & NEVER_TOUCH_WORDS or stores[name] != 1
-                or value.lineno != value.end_lineno):
-            continue
-        v = literal_value(value)
-        if v is None:
-            continue
-        raw = lines[value.lineno - 1].encode()
-        text = raw[value.col_offset:value.end_col_offset].decode()
-        found.append(Constant(name, v, text, value.lineno - 1, value.col_offset, value.end_col_offset))
-    return found
-
-
-# ---------------------------------------------------------------------------
 # Step rules
 # ---------------------------------------------------------------------------
-
-def _words(name: str) -> set[str]:
-    parts = name.split("_")
-    return set(parts) | {p.rstrip("0123456789") for p in parts}
-
-
-def _is_pow2(v: int) -> bool:
-    return v > 0 and v & (v - 1) == 0
-
 
 def direction(name: str, old: object, new: object) -> str:
     if isinstance(old, bool) or isinstance(new, bool):
@@ -186,14 +94,14 @@ def direction(name: str, old: object, new: object) -> str:
 
 
 def _new_values(const: Constant) -> list:
-    v, words = const.value, _words(const.name)
+    v, words = const.value, name_words(const.name)
     if isinstance(v, bool):
         return [not v]
     if isinstance(v, str):
         choices = CHOICES.get(const.name, ())
         return list(choices) if v in choices else []
     if isinstance(v, int):
-        if POW2_TEXT_RE.fullmatch(const.text) or "BATCH" in words or ("DIM" in words and _is_pow2(v)):
+        if POW2_TEXT_RE.fullmatch(const.text) or "BATCH" in words or ("DIM" in words and is_pow2(v)):
             return ([v * 2] + ([v // 2] if v % 2 == 0 else [])) if v > 0 else []
         if words & COUNT_WORDS:  # a count below 1 (e.g. -1 for "auto") is a flag, not a size to step
             return [v + 1] + ([v - 1] if v > 1 else []) if v >= 1 else []
@@ -208,24 +116,12 @@ def _new_values(const: Constant) -> list:
     return [x for x in news if math.isfinite(x)]
 
 
-def _render(const: Constant, new: bool | int | float | str) -> str:
-    if isinstance(new, str):
-        quote = const.text[0] if const.text[:1] in ("'", '"') else '"'
-        return f"{quote}{new}{quote}"
-    if isinstance(new, int) and not isinstance(new, bool) and POW2_TEXT_RE.fullmatch(const.text) and _is_pow2(new):
-        return re.sub(r"\d+$", str(new.bit_length() - 1), const.text)
-    if isinstance(new, float):
-        text = f"{new:.3g}"  # exact: new values are already rounded to 3 significant digits
-        return text if any(ch in text for ch in ".e") else text + ".0"
-    return repr(new)
-
-
 def candidate_moves(const: Constant) -> list[Move]:
     moves, seen = [], {const.value}
     for new in _new_values(const):
         if new not in seen:
             seen.add(new)
-            moves.append(Move(const, new, _render(const, new), direction(const.name, const.value, new)))
+            moves.append(Move(const, new, render(const, new), direction(const.name, const.value, new)))
     return moves
 
 
@@ -242,7 +138,7 @@ def parse_description(text: str) -> list[Change]:
     changes = []
     for part in re.split(r", (?=[A-Z][A-Z0-9_]* )", text.strip()):
         m = re.fullmatch(rf"([A-Z][A-Z0-9_]*) (.+?){ARROW}(.+)", part)
-        old, new = (_eval_text(m[2]), _eval_text(m[3])) if m else (None, None)
+        old, new = (eval_text(m[2]), eval_text(m[3])) if m else (None, None)
         if old is None or new is None:
             return []
         changes.append((m[1], old, new))
@@ -256,7 +152,7 @@ def load_history(results: Path | None, task: str | None) -> list[tuple[str, list
     history = []
     for record in read_records(results, task or None):
         try:
-            changes = [(str(c["name"]), _eval_text(str(c["old"])), _eval_text(str(c["new"])))
+            changes = [(str(c["name"]), eval_text(str(c["old"])), eval_text(str(c["new"])))
                        for c in record.get("changes") or []]
         except (KeyError, TypeError):  # a hand-written `changes` field that is not this mutator's
             changes = []
@@ -269,7 +165,7 @@ def load_history(results: Path | None, task: str | None) -> list[tuple[str, list
 
 def _batch_divides(values: dict[str, object], seq_len: int) -> bool:
     total, device = values.get(TOTAL_BATCH), values.get(DEVICE_BATCH)
-    if not (_is_number(total) and _is_number(device)) or device * seq_len == 0:
+    if not (is_number(total) and is_number(device)) or device * seq_len == 0:
         return True  # not train.py's pair of batch constants: nothing to keep
     return total % (device * seq_len) == 0
 
@@ -278,7 +174,7 @@ def batch_safe(constants: list[Constant], moves: tuple[Move, ...], seq_len: int 
     """False for two *BATCH* moves at once (one alone is easier to read and to keep valid), and for moves
     that make TOTAL_BATCH_SIZE stop being a multiple of DEVICE_BATCH_SIZE * seq_len (train.py exits).
     `constants`: all of the file's, also those --names/--skip keep from moving."""
-    batch_moves = [m for m in moves if "BATCH" in _words(m.const.name)]
+    batch_moves = [m for m in moves if "BATCH" in name_words(m.const.name)]
     if len(batch_moves) > 1:
         return False
     if not batch_moves:
@@ -319,33 +215,14 @@ def choose(constants: list[Constant], history: list[tuple[str, list[Change]]], s
 
 
 # ---------------------------------------------------------------------------
-# Editing the file
+# The command line: which file, which settings
 # ---------------------------------------------------------------------------
-
-def apply_moves(source: str, moves: tuple[Move, ...]) -> str:
-    """The source with each move's value text replaced; raises if the result is not the intended Python."""
-    lines = source.split("\n")
-    for m in sorted(moves, key=lambda m: m.const.start, reverse=True):
-        raw = lines[m.const.line].encode()
-        rest = raw[m.const.end:]
-        aligned = re.match(rb"( +)#", rest)
-        if aligned:  # keep a trailing comment in its column where the spaces allow
-            pad = len(aligned[1])
-            rest = b" " * max(min(pad, 2), pad - len(m.text.encode()) + len(m.const.text.encode())) + rest[pad:]
-        lines[m.const.line] = (raw[:m.const.start] + m.text.encode() + rest).decode()
-    edited = "\n".join(lines)
-    values = {c.name: c.value for c in find_constants(edited)}  # ast.parse inside: SyntaxError if broken
-    for m in moves:
-        if m.const.name not in values or values[m.const.name] != m.new:
-            raise RuntimeError(f"hparams: rewriting {m.const.name} to {m.text} did not yield {m.new!r}")
-    return edited
-
 
 def _artifact(globs: str, protected: str) -> Path:
     """The artifact to edit, matched the way task.yaml matches (`*` within a folder, `**` across, `dir/`
     = everything below) over the files the sandbox holds: train.py if it is one, else the first sorted."""
-    wanted = [_glob_regex(g) for g in globs.split(os.pathsep) if g]
-    guarded = [_glob_regex(g) for g in protected.split(os.pathsep) if g]
+    wanted = [glob_regex(g) for g in globs.split(os.pathsep) if g]
+    guarded = [glob_regex(g) for g in protected.split(os.pathsep) if g]
     matches = sorted(rel for rel, state in scan(Path(".")).items()
                      if not isinstance(state, Link) and rel.endswith(".py")
                      and any(r.match(rel) for r in wanted) and not any(r.match(rel) for r in guarded))
@@ -357,18 +234,7 @@ def _artifact(globs: str, protected: str) -> Path:
 
 def max_seq_len(artifact: Path) -> int:
     """MAX_SEQ_LEN as a top-level literal of the artifact, else of prepare.py beside it, else the default."""
-    for path in (artifact, artifact.parent / "prepare.py"):
-        try:
-            tree = ast.parse(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, SyntaxError):
-            continue
-        for node in tree.body:
-            if (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)
-                    and node.targets[0].id == "MAX_SEQ_LEN"):
-                value = literal_value(node.value)
-                if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-                    return value
-    return DEFAULT_SEQ_LEN
+    return first_positive_int((artifact, artifact.parent / "prepare.py"), "MAX_SEQ_LEN") or DEFAULT_SEQ_LEN
 
 
 def _env_int(key: str, default: int) -> int:
