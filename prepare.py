@@ -63,6 +63,7 @@ SHARD_CHARS = 25_000_000             # ~10 MB of zstd parquet per train shard
 ROW_GROUP_SIZE = 1024                # documents per parquet row group, as upstream
 VAL_FRACTION = 0.05                  # share of characters pinned as validation when the source has no shard_val.parquet
 SHUFFLE_SEED = 1337
+PACK_BUFFER = 1000                   # documents the best-fit packer chooses among (more: fuller rows, more RAM)
 SOURCE_MANIFEST = "source.json"      # marks data/ as built from a local folder, and from which files
 
 # Tokenizer: byte-level BPE, GPT-4 split pattern except numbers split into runs of at most 2 digits.
@@ -445,7 +446,7 @@ def get_token_bytes(device="cpu"):
 # Dataloader: BOS-aligned best-fit packing
 # ---------------------------------------------------------------------------
 
-def pack_rows(docs, row_len, buffer_size=1000):
+def pack_rows(docs, row_len, buffer_size=PACK_BUFFER):
     """
     Pack documents (token lists, each starting with BOS) into rows of exactly row_len tokens, no padding.
     Each row is filled with the longest buffered document that still fits (oldest first among equals);
@@ -492,19 +493,21 @@ def _document_batches(split, epochs=None, docs_per_batch=128):
                     yield texts[i:i + docs_per_batch], epoch
 
 
+def _token_docs(tokenizer, split, epochs, reading=None):
+    """BOS-prefixed token lists of the split's documents, in file order; reading["epoch"] follows the pass."""
+    bos = tokenizer.get_bos_token_id()
+    for texts, epoch in _document_batches(split, epochs):
+        if reading is not None:
+            reading["epoch"] = epoch
+        yield from tokenizer.encode(texts, prepend=bos)
+
+
 def _batches(tokenizer, B, T, split, buffer_size, device, epochs):
     if split not in ("train", "val"):
         raise ValueError(f"split must be 'train' or 'val', not {split!r}")
     device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
-    bos = tokenizer.get_bos_token_id()
-    epoch = 1
-
-    def token_docs():
-        nonlocal epoch
-        for texts, epoch in _document_batches(split, epochs):
-            yield from tokenizer.encode(texts, prepend=bos)
-
-    rows = pack_rows(token_docs(), T + 1, buffer_size)
+    reading = {"epoch": 1}
+    rows = pack_rows(_token_docs(tokenizer, split, epochs, reading), T + 1, buffer_size)
     pinned = device.type == "cuda"
     while True:
         batch = list(itertools.islice(rows, B))
@@ -517,10 +520,10 @@ def _batches(tokenizer, B, T, split, buffer_size, device, epochs):
         host[0].copy_(packed[:, :-1])
         host[1].copy_(packed[:, 1:])
         xy = host.to(device, non_blocking=pinned)
-        yield xy[0], xy[1], epoch
+        yield xy[0], xy[1], reading["epoch"]
 
 
-def make_dataloader(tokenizer, B, T, split, buffer_size=1000, device=None):
+def make_dataloader(tokenizer, B, T, split, buffer_size=PACK_BUFFER, device=None):
     """
     Infinite iterator of (x, y, epoch): int64 (B, T) tensors, y = x shifted by one, packed by pack_rows.
     device defaults to CUDA if available, else CPU.
@@ -534,9 +537,7 @@ def make_dataloader(tokenizer, B, T, split, buffer_size=1000, device=None):
 def _val_rows(tokenizer, T):
     """The val shard read once, packed into rows of T+1 tokens exactly as the dataloader packs it.
     The order depends only on the data and T, never on a batch size."""
-    bos = tokenizer.get_bos_token_id()
-    docs = (doc for texts, _ in _document_batches("val", epochs=1) for doc in tokenizer.encode(texts, prepend=bos))
-    return pack_rows(docs, T + 1, buffer_size=1000)
+    return pack_rows(_token_docs(tokenizer, "val", epochs=1), T + 1, PACK_BUFFER)
 
 
 @torch.no_grad()

@@ -124,10 +124,14 @@ class ResultsStore:
     def last_iteration(self, task: str) -> int:
         return max((int(r.get("iteration", 0)) for r in self.records(task)), default=0)
 
+    def _judged_since(self, task: str, since: int) -> list[dict[str, Any]]:
+        """The task's iteration records (baselines aside) after iteration `since`, in iteration order."""
+        return sorted((r for r in self.records(task) if r.get("status") != "baseline"
+                       and int(r.get("iteration", 0)) > since), key=lambda r: r["iteration"])
+
     def misses_in_a_row(self, task: str, since: int) -> int:
         """Iterations after `since` that ended without a keep, counted back from the latest."""
-        judged = sorted((r for r in self.records(task) if r.get("status") != "baseline"
-                         and int(r.get("iteration", 0)) > since), key=lambda r: r["iteration"])
+        judged = self._judged_since(task, since)
         count = 0
         for record in reversed(judged):
             if record.get("status") == "keep":
@@ -137,8 +141,7 @@ class ResultsStore:
 
     def crashes_in_a_row(self, task: str, since: int) -> list[dict[str, Any]]:
         """The crash records after `since` that end the task's history with no other verdict between them."""
-        judged = sorted((r for r in self.records(task) if r.get("status") != "baseline"
-                         and int(r.get("iteration", 0)) > since), key=lambda r: r["iteration"])
+        judged = self._judged_since(task, since)
         crashes: list[dict[str, Any]] = []
         for record in reversed(judged):
             if record.get("status") != "crash":
