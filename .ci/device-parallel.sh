@@ -5,8 +5,9 @@
 #                             host's site-packages .py corpus (the seed spread σ of val_bpb).
 #   XDIST_GPUS="a,b"          issue 3: a greedy copy of train-bpb-search: one iteration alone (scores the
 #                             baseline first), one more alone (baseline reused), then two with `-n 2`.
-#   SEARCH_GPU=g              issue 4: experiments/train-bpb-search (noise-aware, hparams mutator) until the
-#                             deadline; it resumes from .devwork/search-work.tgz when that is carried.
+#   SEARCH_GPU=g[,h...]       issue 4: experiments/train-bpb-search (noise-aware, hparams mutator) until the
+#                             deadline, `-n` one worker per GPU; it resumes from .devwork/search-work.tgz
+#                             when that is carried.
 # The harness jobs run on copies of the repo whose TIME_BUDGET is $SHORT_BUDGET s (default 30).
 # Usage: SEED_RUNS=... XDIST_GPUS=... SEARCH_GPU=... bash .ci/device-parallel.sh OUT_DIR
 #        (carry .corpus/ = a copy of ../shared/corpus, .whl/ = the rustbpe wheel, and .devwork/ to resume)
@@ -64,10 +65,12 @@ xdist_job() {
 search_job() {
   local h=/tmp/harness-search; make_harness $h || return 1
   [ -f .devwork/search-work.tgz ] && tar -xzf .devwork/search-work.tgz -C $h
+  local workers; workers=$(echo "$SEARCH_GPU" | tr ',' ' ' | wc -w)
+  [ "$workers" -gt 1 ] && workers="-n $workers" || workers=""
   (
     cd $h && export CUDA_VISIBLE_DEVICES=$SEARCH_GPU PYTHONPATH=$h:$PYTHONPATH
     echo "== train-bpb-search until the deadline (records so far: $(cat work/results.jsonl 2>/dev/null | wc -l))"
-    timeout -s INT $((DEADLINE - SECONDS)) $PYTEST experiments/train-bpb-search --autoresearch-iterations 0
+    timeout -s INT $((DEADLINE - SECONDS)) $PYTEST experiments/train-bpb-search --autoresearch-iterations 0 $workers
     echo "== done at ${SECONDS}s"
   ) > "$OUT/search.txt" 2>&1
   tar -czf "$OUT/search-work.tgz" -C $h work

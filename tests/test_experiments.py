@@ -167,10 +167,32 @@ def test_train_bpb_judges_the_workspace_edit_with_the_ten_minute_kill_rule() -> 
 
 def test_train_bpb_search_uses_the_hparams_mutator_and_the_noise_aware_policy() -> None:
     task = yaml.safe_load((EXPERIMENTS / "train-bpb-search" / "task.yaml").read_text(encoding="utf-8"))
-    assert task["mutator"]["command"] == "python -m pytest_autoresearch.mutators.hparams"
+    assert shlex.split(task["mutator"]["command"])[:3] == ["python", "-m", "pytest_autoresearch.mutators.hparams"]
     assert task["mutation"] == {"max_files": 1, "max_lines": 4}
     assert task["policy"] == {"kind": "noise-aware", "repeats": 3, "confidence": 0.95, "min_delta": 0.0}
     assert task["runner"]["gpus"] == 1 and task["runner"]["timeout"] == 600
+
+
+def test_train_bpb_search_mutator_never_touches_device_batch_size(tmp_path: Path) -> None:
+    """DEVICE_BATCH_SIZE only trades memory for speed (gradient accumulation keeps the update), and its upward
+    step ran out of memory on the H100: the task's own mutator command must leave it alone."""
+    task = yaml.safe_load((EXPERIMENTS / "train-bpb-search" / "task.yaml").read_text(encoding="utf-8"))
+    argv = [sys.executable if word == "python" else word for word in shlex.split(task["mutator"]["command"])]
+    shutil.copy(REPO / "prepare.py", tmp_path / "prepare.py")
+    original = (REPO / "train.py").read_text(encoding="utf-8")
+    device_batch = re.search(r"^DEVICE_BATCH_SIZE = .*$", original, re.M).group(0)
+    changed = set()
+    for seed in range(12):
+        (tmp_path / "train.py").write_text(original, encoding="utf-8")
+        env = {**os.environ, "PYTHONPATH": str(REPO), "AUTORESEARCH_ARTIFACTS": "train.py",
+               "AUTORESEARCH_PROTECTED": "prepare.py", "AUTORESEARCH_SEED": str(seed), "AUTORESEARCH_MAX_LINES": "4",
+               "AUTORESEARCH_TASK": "train-bpb-search", "AUTORESEARCH_ITERATION": "1",
+               "AUTORESEARCH_HPARAMS": "DEVICE_BATCH_SIZE,MATRIX_LR"}  # narrowed, so a seed would pick it
+        subprocess.run(argv, cwd=tmp_path, env=env, check=True, capture_output=True, text=True, timeout=60)
+        edited = (tmp_path / "train.py").read_text(encoding="utf-8")
+        assert device_batch in edited.splitlines(), f"seed {seed} changed DEVICE_BATCH_SIZE"
+        changed |= {line for line in edited.splitlines() if line not in original.splitlines()}
+    assert changed, "the mutator changed nothing in 12 seeds"
 
 
 @pytest.mark.parametrize("task_name", ["train-bpb", "train-bpb-search"])
