@@ -70,7 +70,7 @@ search_job() {
   (
     cd $h && export CUDA_VISIBLE_DEVICES=$SEARCH_GPU PYTHONPATH=$h:$PYTHONPATH
     echo "== train-bpb-search until the deadline (records so far: $(cat work/results.jsonl 2>/dev/null | wc -l))"
-    timeout -s INT $((DEADLINE - SECONDS)) $PYTEST experiments/train-bpb-search --autoresearch-iterations 0 $workers
+    timeout -s INT -k 40 $((DEADLINE - SECONDS)) $PYTEST experiments/train-bpb-search --autoresearch-iterations 0 $workers
     echo "== done at ${SECONDS}s"
   ) > "$OUT/search.txt" 2>&1
   tar -czf "$OUT/search-work.tgz" -C $h work
