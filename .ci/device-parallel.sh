@@ -7,7 +7,7 @@
 #                             baseline first), one more alone (baseline reused), then two with `-n 2`.
 #   SEARCH_GPU=g[,h...]       issue 4: experiments/train-bpb-search (noise-aware, hparams mutator) until the
 #                             deadline, `-n` one worker per GPU; it resumes from .devwork/search-work.tgz
-#                             when that is carried.
+#                             when that is carried (work/ and the workspace's train.py, which holds the keeps).
 # The harness jobs run on copies of the repo whose TIME_BUDGET is $SHORT_BUDGET s (default 30).
 # Usage: SEED_RUNS=... XDIST_GPUS=... SEARCH_GPU=... bash .ci/device-parallel.sh OUT_DIR
 #        (carry .corpus/ = a copy of ../shared/corpus, .whl/ = the rustbpe wheel, and .devwork/ to resume)
@@ -73,7 +73,7 @@ search_job() {
     timeout -s INT -k 40 $((DEADLINE - SECONDS)) $PYTEST experiments/train-bpb-search --autoresearch-iterations 0 $workers
     echo "== done at ${SECONDS}s"
   ) > "$OUT/search.txt" 2>&1
-  tar -czf "$OUT/search-work.tgz" -C $h work
+  tar -czf "$OUT/search-work.tgz" -C $h work train.py
 }
 
 # the small corpus for the harness jobs, once, before they start
