@@ -141,6 +141,25 @@ class AutoresearchSession:
             summaries.setdefault(record["task"], TaskSummary()).add(record)
         return summaries
 
+    def reverted(self, task: str) -> str | None:
+        """A warning when this session began from artifacts that an earlier keep had already improved on: the
+        workspace was reset between runs (`git checkout`, a fresh copy), so the keeps since are not in it."""
+        records = self.engine.results.records()
+        before = [r for r in records if r.get("task") == task and int(r.get("iteration", 0)) <= self.since.get(task, 0)]
+        now = [r for r in records if r.get("task") == task and r.get("status") != "baseline"
+               and int(r.get("iteration", 0)) > self.since.get(task, 0)]
+        if not now:
+            return None
+        start = min(now, key=lambda r: r["iteration"]).get("baseline_hash")
+        moved_on = [r for r in before if r.get("status") == "keep" and r.get("baseline_hash") == start]
+        if start is None or not moved_on:
+            return None
+        keep = max(moved_on, key=lambda r: r["iteration"])
+        return (f"{task}: this run started from the artifacts that iteration {keep['iteration']} had already "
+                f"improved on (baseline {start[:12]}): the workspace was reset since, so the keeps from iteration "
+                f"{keep['iteration']} on are not in it (each keep's diff: "
+                f"{self.engine.shown(self.engine.logs_dir / task)}/<iteration>.diff)")
+
     def pytest_terminal_summary(self, terminalreporter) -> None:
         if getattr(self.config, "workerinput", None) is not None or not (summaries := self.summaries()):
             return
@@ -157,6 +176,8 @@ class AutoresearchSession:
             tr.write_line(f"{name:<24} {sum(s.counts.values()):>5} " + " ".join(f"{c:>5}" for c in cells) +
                           f" {_num(base):>12} {_num(best):>12} {delta:>10}")
         for name in sorted(summaries):
+            if (warning := self.reverted(name)) is not None:
+                tr.write_line(warning, yellow=True)
             if (stopped := crash_stop(self.config, self.engine, name, self.since.get(name, 0))) is not None:
                 tr.write_line(stopped, red=True)
         if self.interrupted is not None:

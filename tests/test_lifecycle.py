@@ -141,6 +141,22 @@ def test_resume_after_sigkill_continues_numbering_and_reuses_the_baseline(pytest
     assert (pytester.path / "experiments/t/value.txt").read_text() == "4\n"
 
 
+def test_resume_from_a_reset_workspace_warns_that_keeps_are_missing(pytester, research):
+    write_task(pytester.path, step=1)
+    value = pytester.path / "experiments/t/value.txt"
+    research().stdout.no_fnmatch_line("*started from*")  # baseline 1, iteration 1 kept: value 2
+    research().stdout.no_fnmatch_line("*started from*")  # an ordinary resume: iteration 2 kept, value 3
+    value.write_text("1\n")  # the user resets the workspace to the first baseline
+    result = research()
+    result.stdout.fnmatch_lines(["t: this run started from the artifacts that iteration 1 had already improved on "
+                                 "(baseline *): the workspace was reset since, so the keeps from iteration 1 on are "
+                                 "not in it (each keep's diff: work/logs/t/<iteration>.diff)"])
+    recs = records(pytester.path)
+    assert [(r["status"], r["iteration"]) for r in recs] == [("baseline", 0), ("keep", 1), ("keep", 2), ("keep", 3)]
+    assert recs[3]["baseline_hash"] == recs[1]["baseline_hash"]  # judged against the reused first baseline
+    assert (pytester.path / "work/logs/t/1.diff").is_file()
+
+
 # ----------------------------------------------------------------------------
 # Crashes in a row stop the task
 
