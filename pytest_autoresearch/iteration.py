@@ -115,20 +115,26 @@ def _sandbox_iteration(engine: Engine, task: Task, record: Record, scratch: Path
 def _rebase(engine: Engine, task: Task, record: Record, decision: Decision, verdict: Verdict,
             baseline: dict[str, Content], current: dict[str, Content]) -> Decision:
     """A keep judged against a baseline that another worker has superseded meanwhile: keep it only if it
-    still beats the current best and touches no file the newer keep touched; else discard it as stale."""
+    still beats the current best and touches no file the newer keep touched; else discard it as stale.
+    The current best's baseline scores are used when on record; while a noise-aware policy is still
+    re-scoring a fresh keep, that keep's own scores stand in: they were selected for looking good, so the
+    comparison is conservative."""
     current_hash = hash_contents(current)
-    current_scores = engine.scores_for(task, current_hash)
+    current_scores, against = engine.scores_for(task, current_hash), ""
+    if not current_scores:
+        current_scores, against = engine.results.scores_for(task.name, current_hash), " (its keep's own scores)"
     if not current_scores:
         return Decision("discard", f"stale: baseline moved to {current_hash}, not scored yet", decision.statistic)
     again = task.policy.decide(current_scores, record.scores, task.direction)
     if again.verdict != "keep":
-        return Decision("discard", f"stale: does not beat the current best {mean(current_scores):.6g} "
+        return Decision("discard", f"stale: does not beat the current best {mean(current_scores):.6g}{against} "
                                    f"({again.reason})", again.statistic)
     conflicts = [rel for rel in verdict.candidate if current.get(rel) != baseline.get(rel)]
     if conflicts:
         return Decision("discard", f"stale: conflicts with a newer keep in {', '.join(conflicts[:3])}",
                         again.statistic)
-    return Decision("keep", f"{again.reason}; applied over the newer baseline {current_hash}", again.statistic)
+    return Decision("keep", f"{again.reason}; applied over the newer baseline {current_hash}{against}",
+                    again.statistic)
 
 
 def _judge_changes(engine: Engine, task: Task, record: Record, verdict: Verdict,

@@ -274,6 +274,28 @@ def test_stale_keep_is_rebased_only_without_conflict_and_when_still_better(tmp_p
     assert "not scored yet" in _rebase(engine, task, rec, keep, mine, baseline, unscored).reason
 
 
+def test_stale_noise_aware_keep_is_judged_against_the_newer_keeps_scores_until_rescored(tmp_path):
+    task = task_at(tmp_path, artifacts=["experiments/t/*.txt"],
+                   policy={"kind": "noise-aware", "repeats": 3, "confidence": 0.95})
+    store = ResultsStore(tmp_path / "r.jsonl")
+    engine = Engine(rootdir=tmp_path, results=store, worker="gw0", commit=False)
+    baseline = {"experiments/t/value.txt": b"1\n", "experiments/t/other.txt": b"x\n"}
+    newer = {**baseline, "experiments/t/other.txt": b"y\n"}  # gw1 kept this; nobody re-scored it yet
+    store.append(record(iteration=2, status="keep", candidate_hash=hash_contents(newer), scores=[5.0, 5.1, 4.9]))
+    mine = Verdict((Change("experiments/t/value.txt", "changed", 2),), {"experiments/t/value.txt": b"9\n"})
+    keep = Decision("keep", "better", None)
+    rec = record(iteration=3, scores=[9.0, 9.2, 8.9])
+    rebased = _rebase(engine, task, rec, keep, mine, baseline, newer)
+    assert rebased.verdict == "keep" and rebased.reason.endswith("(its keep's own scores)")
+    rec.scores = [5.1, 4.9, 5.2]  # no better than the newer keep
+    assert _rebase(engine, task, rec, keep, mine, baseline, newer).reason.startswith(
+        "stale: does not beat the current best 5 (its keep's own scores)")
+    store.append(record(iteration=0, status="baseline", baseline_hash=hash_contents(newer), scores=[4.0, 4.1, 3.9]))
+    rec.scores = [5.1, 4.9, 5.2]  # re-scored afresh, the newer keep is 4: now mine beats it
+    rebased = _rebase(engine, task, rec, keep, mine, baseline, newer)
+    assert rebased.verdict == "keep" and "own scores" not in rebased.reason
+
+
 def test_write_atomic_gives_new_files_the_usual_mode_and_keeps_existing_modes(tmp_path):
     from pytest_autoresearch.files import write_atomic
 
