@@ -3,14 +3,16 @@ plus the steps every iteration shares: environments, baseline scoring, candidate
 
 from __future__ import annotations
 
+import json
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
-from filelock import FileLock
+from filelock import FileLock, Timeout
 
+from .files import write_atomic
 from .policy import Decision
 from .results import Record, ResultsStore, mean
 from .run import score_once
@@ -112,12 +114,13 @@ class Engine:
         content_hash = record.baseline_hash
         scores = self.scores_for(task, content_hash)
         if len(scores) < task.policy.repeats:
-            with self.lock(f"baseline-{task.name}-{content_hash}"):
+            runs = self._baseline_runs(task, record, source, baseline, scratch, extra_env)
+            if runs is None:
+                return False
+            with self.lock(f"baseline-{task.name}-{content_hash}"):  # one baseline record, whoever finishes
                 scores = self.scores_for(task, content_hash)
                 if len(scores) < task.policy.repeats:
-                    scores = self._score_baseline(task, record, source, baseline, scratch, extra_env)
-                    if scores is None:
-                        return False
+                    scores = self._record_baseline(task, record, runs)
         record.baseline_scores = scores
         record.baseline_score = mean(scores)
         return True
@@ -126,35 +129,72 @@ class Engine:
         """The baseline scores on record for this content (a keep's own scores only under greedy)."""
         return self.results.scores_for(task.name, content_hash, reuse_kept=task.policy.kind in REUSES_KEPT_SCORES)
 
-    def _score_baseline(self, task: Task, record: Record, source: Path, baseline: dict[str, Content],
-                        scratch: Path, extra_env: dict[str, str]) -> list[float] | None:
+    def _baseline_runs(self, task: Task, record: Record, source: Path, baseline: dict[str, Content],
+                       scratch: Path, extra_env: dict[str, str]) -> list[dict[str, Any]] | None:
+        """The baseline's `repeats` runs, shared out: each run has its own lock, and a worker first takes
+        every run nobody has started, then waits for the others' (running any whose worker gave up). So the
+        xdist workers that need a new baseline score it side by side, R runs on R GPUs in the time of one,
+        while a single process simply runs them in turn. Finished runs are kept under
+        work/autoresearch/baseline-runs/ (atomic JSON), so an interruption loses only the runs in flight."""
+        folder = self.state_dir / "baseline-runs" / task.name / str(record.baseline_hash)
+        folder.mkdir(parents=True, exist_ok=True)
         sandbox = scratch / "baseline"
-        copy_tree(source, sandbox)
-        present = self.artifacts_in(task, sandbox)
-        apply_contents(sandbox, {**{rel: None for rel in present if rel not in baseline}, **baseline})
-        log_path = self.logs_dir / task.name / f"baseline-{record.baseline_hash}.log"
-        log_path.parent.mkdir(parents=True, exist_ok=True)
+
+        def run(r: int) -> bool:
+            if not sandbox.exists():
+                copy_tree(source, sandbox)
+                present = self.artifacts_in(task, sandbox)
+                apply_contents(sandbox, {**{rel: None for rel in present if rel not in baseline}, **baseline})
+            name = "" if task.policy.repeats == 1 else f"-run{r + 1}"
+            log_path = self.logs_dir / task.name / f"baseline-{record.baseline_hash}{name}.log"
+            log_path.parent.mkdir(parents=True, exist_ok=True)
+            seed = runner_seed(task, 0, r)
+            env = self.env(task, replace(record, iteration=0, baseline_score=None), seed, sandbox, extra_env)
+            with open(log_path, "wb") as log:
+                outcome = score_once(task, sandbox, env, log, f"baseline run {r + 1}/{task.policy.repeats} (seed {seed})")
+            if outcome.failure is not None:
+                record.status, record.reason, record.log = "crash", f"baseline: {outcome.failure}", self.shown(log_path)
+                return False
+            write_atomic(folder / f"{r}.json", json.dumps({
+                "score": outcome.score, "seconds": round(outcome.seconds, 3), "metrics": outcome.metrics,
+                "log": self.shown(log_path), "worker": self.worker}))
+            return True
+
+        repeats = range(task.policy.repeats)
+        for wait in (False, True):
+            for r in repeats:
+                if _finished_run(folder, r) is not None:
+                    continue
+                lock = self.lock(f"baseline-{task.name}-{record.baseline_hash}-run{r}")
+                try:
+                    lock.acquire(timeout=-1 if wait else 0)
+                except Timeout:
+                    continue  # another worker is on it: take the next run, come back for this one
+                try:
+                    if _finished_run(folder, r) is None and not run(r):
+                        return None
+                finally:
+                    lock.release()
+        return [_finished_run(folder, r) for r in repeats]
+
+    def _record_baseline(self, task: Task, record: Record, runs: list[dict[str, Any]]) -> list[float]:
+        scores = [float(run["score"]) for run in runs]
+        workers = sorted({run["worker"] for run in runs})
+        reason = "baseline scored" + (f" by {', '.join(workers)} side by side" if len(workers) > 1 else "")
         baseline_record = Record(task=task.name, iteration=0, status="baseline", metric=task.metric,
                                  direction=task.direction, started_at=record.started_at, worker=self.worker,
-                                 baseline_hash=record.baseline_hash, log=self.shown(log_path),
-                                 reason="baseline scored", description="baseline")
-        with open(log_path, "wb") as log:
-            ok = self.score_runs(task, baseline_record, sandbox, log, None, extra_env)
-        if not ok:
-            record.status, record.log = "crash", baseline_record.log
-            record.reason = f"baseline: {baseline_record.reason}"
-            return None
-        baseline_record.baseline_scores, baseline_record.baseline_score = baseline_record.scores, baseline_record.score
-        baseline_record.duration_s = round(baseline_record.runner_s, 3)
+                                 baseline_hash=record.baseline_hash, log=runs[0]["log"], scores=scores,
+                                 score=mean(scores), baseline_scores=scores, baseline_score=mean(scores),
+                                 metrics=runs[-1]["metrics"], reason=reason, description="baseline")
+        baseline_record.runner_s = baseline_record.duration_s = round(sum(run["seconds"] for run in runs), 3)
         self.results.append(baseline_record)
-        return baseline_record.scores
+        return scores
 
     def score_runs(self, task: Task, record: Record, sandbox: Path, log: BinaryIO,
-                   baseline_scores: list[float] | None, extra_env: dict[str, str]) -> Decision | bool:
-        """Run the runner until the policy decides (candidate), or policy.repeats times (baseline:
-        baseline_scores None). Fills record.scores/score/metrics/runner_s; on failure sets crash and returns False."""
+                   baseline_scores: list[float], extra_env: dict[str, str]) -> Decision | None:
+        """Run the candidate until the policy decides (at most policy.repeats runs). Fills
+        record.scores/score/metrics/runner_s; on a failed run sets crash and returns None."""
         repeats = task.policy.repeats
-        decision = None
         for r in range(repeats):
             seed = runner_seed(task, record.iteration, r)
             env = self.env(task, record, seed, sandbox, extra_env)
@@ -162,17 +202,25 @@ class Engine:
             record.runner_s = round(record.runner_s + outcome.seconds, 3)
             if outcome.failure is not None:
                 record.status, record.reason = "crash", outcome.failure
-                return False
+                return None
             record.scores.append(outcome.score)
             record.score = mean(record.scores)
             record.metrics = outcome.metrics
-            if baseline_scores is not None:
-                decision = task.policy.decide(baseline_scores, record.scores, task.direction)
-                if decision.verdict != "continue":
-                    break
-        if baseline_scores is None:
-            return True
+            decision = task.policy.decide(baseline_scores, record.scores, task.direction)
+            if decision.verdict != "continue":
+                break
         if decision.verdict == "continue":  # a policy must settle by `repeats` runs; never keep on a maybe
             decision = Decision("discard", f"undecided after {repeats} runs: {decision.reason}", decision.statistic)
         record.statistic = decision.statistic
         return decision
+
+
+def _finished_run(folder: Path, r: int) -> dict[str, Any] | None:
+    """Baseline run r's saved outcome, or None when it has not finished (a file that cannot be read as one,
+    e.g. edited by hand, counts as not finished: the run is simply done again)."""
+    try:
+        run = json.loads((folder / f"{r}.json").read_text(encoding="utf-8"))
+        run["score"] = float(run["score"])
+        return run if all(key in run for key in ("seconds", "metrics", "log", "worker")) else None
+    except (OSError, ValueError, TypeError, KeyError):
+        return None

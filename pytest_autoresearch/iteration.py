@@ -99,7 +99,7 @@ def _sandbox_iteration(engine: Engine, task: Task, record: Record, scratch: Path
     if not _judge_changes(engine, task, record, verdict, baseline, candidate):
         return
     decision = engine.score_runs(task, record, sandbox, log, record.baseline_scores, extra_env)
-    if decision is False:
+    if decision is None:
         return
 
     with held_signals(), engine.lock(f"task-{task.name}"):  # a keep lands whole or not at all
@@ -221,11 +221,11 @@ def _workspace_iteration(engine: Engine, task: Task, record: Record, scratch: Pa
     # snapshot still holds the last keep, so the next run judges the same edit again.
     decision = engine.score_runs(task, record, sandbox, log, record.baseline_scores, extra_env)
     with held_signals():
-        if decision is not False and decision.verdict == "keep":
+        if decision is not None and decision.verdict == "keep":
             snapshot.save(candidate, protected_now)
             record.status, record.reason = decision.verdict, decision.reason
             _commit(engine, task, record, [c.path for c in changes])
         else:
             apply_contents(task.rootdir, restore)
-            if decision is not False:
+            if decision is not None:
                 record.status, record.reason = decision.verdict, decision.reason

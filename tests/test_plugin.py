@@ -11,6 +11,7 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from autoresearch_helpers import REPO_ROOT, plugin_args, records, write_task
+from pytest_autoresearch.sandbox import hash_contents
 
 pytest_plugins = ["pytester"]
 
@@ -370,6 +371,61 @@ def test_xdist_parallel_iterations_keep_results_and_workspace_consistent(pyteste
     best = max([r["score"] for r in kept] + [1.0])
     assert int(value(pytester)) == best  # the workspace holds the best kept candidate, never a stale one
     assert all(r["score"] > r["baseline_score"] for r in kept)
+
+
+# Baseline runs meet at a rendezvous: each writes a marker, then waits (up to 20 s) for a second one. Run one
+# after another, the first would wait alone and say so.
+RENDEZVOUS_SCORE = '''import os, pathlib, time
+if os.environ["AUTORESEARCH_ITERATION"] == "0":
+    folder = pathlib.Path(os.environ["RENDEZVOUS"])
+    (folder / os.environ["AUTORESEARCH_SEED"]).write_text("")
+    deadline = time.monotonic() + 20
+    while len(list(folder.iterdir())) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    with open(folder.parent / "met.txt", "a") as f:
+        f.write(f"{os.environ['AUTORESEARCH_SEED']} {len(list(folder.iterdir())) >= 2}\\n")
+print("score:", pathlib.Path("experiments/t/value.txt").read_text().strip())
+'''
+
+
+def test_xdist_workers_share_out_the_runs_of_a_new_baseline(pytester, monkeypatch, tmp_path):
+    rendezvous = tmp_path / "markers"
+    rendezvous.mkdir()
+    monkeypatch.setenv("PYTHONPATH", str(REPO_ROOT))
+    monkeypatch.setenv("RENDEZVOUS", str(rendezvous))
+    pytester.makeini("[pytest]\n")
+    write_task(pytester.path, score=RENDEZVOUS_SCORE,
+               spec={"policy": {"kind": "noise-aware", "repeats": 3, "confidence": 0.95}})
+    result = pytester.runpytest_subprocess(*plugin_args(), "--autoresearch", "-p", "no:cacheprovider", "-n", "3",
+                                           "--autoresearch-iterations", "3", timeout=240)
+    assert result.ret == 0, result.stdout.str()
+    met = sorted((tmp_path / "met.txt").read_text().split("\n")[:-1])
+    assert met == ["42 True", "43 True", "44 True"]  # each run once, none of them alone
+    recs = records(pytester.path)
+    baselines = [r for r in recs if r["status"] == "baseline"]
+    assert len(baselines) == 1 and baselines[0]["scores"] == [1.0, 1.0, 1.0]
+    assert baselines[0]["reason"].startswith("baseline scored by gw")
+    assert sorted(p.name for p in (pytester.path / "work/logs/t").glob("baseline-*")) == [
+        f"baseline-{baselines[0]['baseline_hash']}-run{r}.log" for r in (1, 2, 3)]
+    assert sorted(r["iteration"] for r in recs if r["status"] != "baseline") == [1, 2, 3]
+
+
+def test_baseline_runs_finished_before_an_interruption_are_not_run_again(pytester, research):
+    write_task(pytester.path, value="7\n", spec={"policy": {"kind": "noise-aware", "repeats": 3, "confidence": 0.95}})
+    content_hash = hash_contents({"experiments/t/value.txt": b"7\n"})
+    folder = pytester.path / "work/autoresearch/baseline-runs/t" / content_hash
+    folder.mkdir(parents=True)
+    for r in (0, 1):  # what a session killed during the baseline's third run leaves behind
+        (folder / f"{r}.json").write_text(json.dumps({"score": 6.5, "seconds": 1.0, "metrics": {}, "worker": "main",
+                                                      "log": f"work/logs/t/baseline-{content_hash}-run{r + 1}.log"}))
+    (folder / "2.json").write_text('{"score": 6.')  # unreadable: not finished, so run again
+    research()
+    baseline = records(pytester.path)[0]
+    assert baseline["status"] == "baseline" and baseline["baseline_hash"] == content_hash
+    assert baseline["scores"] == [6.5, 6.5, 7.0]  # runs 1 and 2 reused, run 3 measured
+    assert json.loads((folder / "2.json").read_text())["score"] == 7.0
+    assert baseline["runner_s"] >= 2.0
+    assert not (pytester.path / f"work/logs/t/baseline-{content_hash}-run1.log").exists()
 
 
 def test_gpu_task_without_gpus_crashes_cleanly(pytester, research, monkeypatch):
