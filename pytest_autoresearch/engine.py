@@ -3,9 +3,11 @@ plus the steps every iteration shares: environments, baseline scoring, candidate
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -18,7 +20,7 @@ from .results import Record, ResultsStore, mean
 from .run import score_once
 from .sandbox import Content, copy_tree, read_contents, scan
 from .task import Task
-from .workspace import apply_contents
+from .workspace import apply_contents, protected_hashes
 
 BASE_SEED = 42  # baseline run r gets BASE_SEED + r; the mutator of iteration i gets BASE_SEED + i
 REUSES_KEPT_SCORES = ("greedy",)  # policies whose keeps' scores stand in for the new baseline (see runner_seed)
@@ -114,13 +116,14 @@ class Engine:
         content_hash = record.baseline_hash
         scores = self.scores_for(task, content_hash)
         if len(scores) < task.policy.repeats:
+            start = time.perf_counter()
             runs = self._baseline_runs(task, record, source, baseline, scratch, extra_env)
             if runs is None:
                 return False
             with self.lock(f"baseline-{task.name}-{content_hash}"):  # one baseline record, whoever finishes
                 scores = self.scores_for(task, content_hash)
                 if len(scores) < task.policy.repeats:
-                    scores = self._record_baseline(task, record, runs)
+                    scores = self._record_baseline(task, record, runs, time.perf_counter() - start)
         record.baseline_scores = scores
         record.baseline_score = mean(scores)
         return True
@@ -134,11 +137,15 @@ class Engine:
         """The baseline's `repeats` runs, shared out: each run has its own lock, and a worker first takes
         every run nobody has started, then waits for the others' (running any whose worker gave up). So the
         xdist workers that need a new baseline score it side by side, R runs on R GPUs in the time of one,
-        while a single process simply runs them in turn. Finished runs are kept under
-        work/autoresearch/baseline-runs/ (atomic JSON), so an interruption loses only the runs in flight."""
-        folder = self.state_dir / "baseline-runs" / task.name / str(record.baseline_hash)
+        while a single process simply runs them in turn. Finished runs are kept beside results.jsonl
+        (<results>.baseline-runs/, atomic JSON), so an interruption loses only the runs in flight; a saved
+        run counts only for the same runner, metric and protected files (its `setup`)."""
+        folder = self.results.baseline_runs / task.name / str(record.baseline_hash)
         folder.mkdir(parents=True, exist_ok=True)
         sandbox = scratch / "baseline"
+        protected = protected_hashes(task, read_contents(source, [rel for rel in scan(source) if task.is_protected(rel)]))
+        setup = hashlib.sha256(json.dumps([task.runner_command, task.metric, task.pattern.pattern,
+                                           sorted(protected.items())]).encode()).hexdigest()[:16]
 
         def run(r: int) -> bool:
             if not sandbox.exists():
@@ -157,13 +164,13 @@ class Engine:
                 return False
             write_atomic(folder / f"{r}.json", json.dumps({
                 "score": outcome.score, "seconds": round(outcome.seconds, 3), "metrics": outcome.metrics,
-                "log": self.shown(log_path), "worker": self.worker}))
+                "log": self.shown(log_path), "worker": self.worker, "setup": setup}))
             return True
 
         repeats = range(task.policy.repeats)
         for wait in (False, True):
             for r in repeats:
-                if _finished_run(folder, r) is not None:
+                if _finished_run(folder, r, setup) is not None:
                     continue
                 lock = self.lock(f"baseline-{task.name}-{record.baseline_hash}-run{r}")
                 try:
@@ -171,22 +178,24 @@ class Engine:
                 except Timeout:
                     continue  # another worker is on it: take the next run, come back for this one
                 try:
-                    if _finished_run(folder, r) is None and not run(r):
+                    if _finished_run(folder, r, setup) is None and not run(r):
                         return None
                 finally:
                     lock.release()
-        return [_finished_run(folder, r) for r in repeats]
+        return [_finished_run(folder, r, setup) for r in repeats]
 
-    def _record_baseline(self, task: Task, record: Record, runs: list[dict[str, Any]]) -> list[float]:
+    def _record_baseline(self, task: Task, record: Record, runs: list[dict[str, Any]], wall_s: float) -> list[float]:
+        """Append the baseline record: runner_s sums the runs (GPU time), duration_s is this worker's wait."""
         scores = [float(run["score"]) for run in runs]
         workers = sorted({run["worker"] for run in runs})
-        reason = "baseline scored" + (f" by {', '.join(workers)} side by side" if len(workers) > 1 else "")
+        reason = "baseline scored" + (f"; runs by {', '.join(workers)}" if len(workers) > 1 else "")
         baseline_record = Record(task=task.name, iteration=0, status="baseline", metric=task.metric,
                                  direction=task.direction, started_at=record.started_at, worker=self.worker,
                                  baseline_hash=record.baseline_hash, log=runs[0]["log"], scores=scores,
                                  score=mean(scores), baseline_scores=scores, baseline_score=mean(scores),
                                  metrics=runs[-1]["metrics"], reason=reason, description="baseline")
-        baseline_record.runner_s = baseline_record.duration_s = round(sum(run["seconds"] for run in runs), 3)
+        baseline_record.runner_s = round(sum(run["seconds"] for run in runs), 3)
+        baseline_record.duration_s = round(wall_s, 3)
         self.results.append(baseline_record)
         return scores
 
@@ -215,12 +224,13 @@ class Engine:
         return decision
 
 
-def _finished_run(folder: Path, r: int) -> dict[str, Any] | None:
-    """Baseline run r's saved outcome, or None when it has not finished (a file that cannot be read as one,
-    e.g. edited by hand, counts as not finished: the run is simply done again)."""
+def _finished_run(folder: Path, r: int, setup: str) -> dict[str, Any] | None:
+    """Baseline run r's saved outcome, or None when it has not finished under this setup (a file that cannot
+    be read as one, e.g. edited by hand, counts as not finished: the run is simply done again)."""
     try:
         run = json.loads((folder / f"{r}.json").read_text(encoding="utf-8"))
         run["score"] = float(run["score"])
-        return run if all(key in run for key in ("seconds", "metrics", "log", "worker")) else None
+        complete = all(key in run for key in ("seconds", "metrics", "log", "worker"))
+        return run if complete and run.get("setup") == setup else None
     except (OSError, ValueError, TypeError, KeyError):
         return None

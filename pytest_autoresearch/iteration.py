@@ -58,10 +58,10 @@ def run_iteration(engine: Engine, task: Task, description: str = "") -> Record:
         record.status, record.reason = "crash", f"internal error: {type(e).__name__}: {e}"
         raise
     finally:
-        shutil.rmtree(scratch, ignore_errors=True)
         record.duration_s = round(time.perf_counter() - start, 3)
         with held_signals():  # a second Ctrl-C must not tear the record's line
-            engine.results.append(record)
+            engine.results.append(record)  # before the clean-up: other workers may be waiting for its scores
+        shutil.rmtree(scratch, ignore_errors=True)
     return record
 
 
@@ -109,6 +109,8 @@ def _sandbox_iteration(engine: Engine, task: Task, record: Record, scratch: Path
         record.status, record.reason = decision.verdict, decision.reason
         if decision.verdict == "keep":
             apply_contents(task.rootdir, verdict.candidate)
+            engine.results.save_head(task.name, hash_contents(engine.artifacts_in(task, task.rootdir)),
+                                     record.iteration)
             _commit(engine, task, record, list(verdict.candidate))
 
 

@@ -83,6 +83,8 @@ class ResultsStore:
         self.path = Path(path)
         self.lock = FileLock(str(self.path) + ".lock")
         self.counters = Path(str(self.path) + ".next.json")  # iteration numbers handed out but not yet recorded
+        self.heads_path = Path(str(self.path) + ".heads.json")  # each task's workspace state after its last keep
+        self.baseline_runs = Path(str(self.path) + ".baseline-runs")  # finished runs of baselines being scored
         self.warned: set[int] = set()  # line numbers already warned about
 
     def append(self, record: Record) -> None:
@@ -148,6 +150,21 @@ class ResultsStore:
                 break
             crashes.append(record)
         return crashes[::-1]
+
+    def heads(self) -> dict[str, dict[str, Any]]:
+        """{task: {"hash": the workspace's artifacts hash after the task's last keep, "iteration": its number}}."""
+        try:
+            heads = json.loads(self.heads_path.read_text(encoding="utf-8"))
+        except (FileNotFoundError, json.JSONDecodeError):
+            return {}
+        return heads if isinstance(heads, dict) else {}
+
+    def save_head(self, task: str, content_hash: str, iteration: int) -> None:
+        with self.lock:
+            heads = self.heads()
+            heads[task] = {"hash": content_hash, "iteration": iteration}
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(self.heads_path, json.dumps(heads))
 
     def reserve_iteration(self, task: str) -> int:
         """Next iteration number for task, unique even across concurrent xdist workers."""

@@ -78,6 +78,7 @@ class AutoresearchSession:
         for record in self.engine.results.records():
             task, iteration = record.get("task"), int(record.get("iteration", 0))
             self.since[task] = max(self.since.get(task, 0), iteration)
+        self.heads_at_start = self.engine.results.heads()  # read before any worker can keep
         self.terminate = TerminateAsInterrupt()
         self.interrupted: str | None = None
 
@@ -142,22 +143,20 @@ class AutoresearchSession:
         return summaries
 
     def reverted(self, task: str) -> str | None:
-        """A warning when this session began from artifacts that an earlier keep had already improved on: the
-        workspace was reset between runs (`git checkout`, a fresh copy), so the keeps since are not in it."""
-        records = self.engine.results.records()
-        before = [r for r in records if r.get("task") == task and int(r.get("iteration", 0)) <= self.since.get(task, 0)]
-        now = [r for r in records if r.get("task") == task and r.get("status") != "baseline"
-               and int(r.get("iteration", 0)) > self.since.get(task, 0)]
-        if not now:
+        """A warning when this session began from artifacts other than the workspace's state after the task's
+        last keep (mutator mode records it): the workspace was reset or edited between runs (`git checkout`,
+        a fresh copy), so keeps may be missing from it."""
+        head = self.heads_at_start.get(task)
+        now = [r for r in self.engine.results.records(task) if r.get("status") != "baseline"
+               and r.get("baseline_hash") and int(r.get("iteration", 0)) > self.since.get(task, 0)]
+        if not head or not now:
             return None
-        start = min(now, key=lambda r: r["iteration"]).get("baseline_hash")
-        moved_on = [r for r in before if r.get("status") == "keep" and r.get("baseline_hash") == start]
-        if start is None or not moved_on:
+        start = min(now, key=lambda r: r["iteration"])["baseline_hash"]
+        if start == head.get("hash"):
             return None
-        keep = max(moved_on, key=lambda r: r["iteration"])
-        return (f"{task}: this run started from the artifacts that iteration {keep['iteration']} had already "
-                f"improved on (baseline {start[:12]}): the workspace was reset since, so the keeps from iteration "
-                f"{keep['iteration']} on are not in it (each keep's diff: "
+        return (f"{task}: this run started from artifacts {start[:12]}, not the workspace's state after the last "
+                f"keep (iteration {head.get('iteration')}, {str(head.get('hash'))[:12]}): the workspace was reset "
+                f"or edited between runs, so kept changes may be missing from it (each keep's diff: "
                 f"{self.engine.shown(self.engine.logs_dir / task)}/<iteration>.diff)")
 
     def pytest_terminal_summary(self, terminalreporter) -> None:

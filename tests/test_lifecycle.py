@@ -148,13 +148,35 @@ def test_resume_from_a_reset_workspace_warns_that_keeps_are_missing(pytester, re
     research().stdout.no_fnmatch_line("*started from*")  # an ordinary resume: iteration 2 kept, value 3
     value.write_text("1\n")  # the user resets the workspace to the first baseline
     result = research()
-    result.stdout.fnmatch_lines(["t: this run started from the artifacts that iteration 1 had already improved on "
-                                 "(baseline *): the workspace was reset since, so the keeps from iteration 1 on are "
-                                 "not in it (each keep's diff: work/logs/t/<iteration>.diff)"])
+    result.stdout.fnmatch_lines(["t: this run started from artifacts *, not the workspace's state after the last "
+                                 "keep (iteration 2, *): the workspace was reset or edited between runs, so kept "
+                                 "changes may be missing from it (each keep's diff: work/logs/t/<iteration>.diff)"])
     recs = records(pytester.path)
     assert [(r["status"], r["iteration"]) for r in recs] == [("baseline", 0), ("keep", 1), ("keep", 2), ("keep", 3)]
     assert recs[3]["baseline_hash"] == recs[1]["baseline_hash"]  # judged against the reused first baseline
-    assert (pytester.path / "work/logs/t/1.diff").is_file()
+    research().stdout.no_fnmatch_line("*started from*")  # the next run starts from its own last keep
+
+
+# A keep may return to content seen before (here: every candidate toggles value.txt and is kept)
+TOGGLE = ('import os, pathlib\np = pathlib.Path("experiments/t/value.txt")\n'
+          'p.write_text("2\\n" if p.read_text() == "1\\n" else "1\\n")\n')
+COUNTER = ('import os, pathlib\nc = pathlib.Path(os.environ["COUNTER"])\n'
+           'n = int(c.read_text()) + 1 if c.exists() else 1\nc.write_text(str(n))\nprint("score:", n)\n')
+
+
+def test_no_reset_warning_when_keeps_return_to_earlier_content_or_in_workspace_mode(pytester, research, tmp_path,
+                                                                                     monkeypatch):
+    monkeypatch.setenv("COUNTER", str(tmp_path / "counter"))
+    write_task(pytester.path, mutate=TOGGLE, score=COUNTER)
+    research("--autoresearch-iterations", "2")  # keeps: 1 -> 2, then 2 -> 1
+    assert [r["status"] for r in records(pytester.path)] == ["baseline", "keep", "keep"]
+    research().stdout.no_fnmatch_line("*started from*")
+    write_task(pytester.path, name="w", spec={"mutator": "workspace"})  # an agent's own edits
+    (pytester.path / "experiments/w/value.txt").write_text("5\n")
+    research("experiments/w")
+    (pytester.path / "work/autoresearch").rename(tmp_path / "state")  # its last-keep snapshot is gone
+    (pytester.path / "experiments/w/value.txt").write_text("6\n")
+    research("experiments/w").stdout.no_fnmatch_line("*started from*")
 
 
 # ----------------------------------------------------------------------------

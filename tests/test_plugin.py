@@ -11,7 +11,6 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from autoresearch_helpers import REPO_ROOT, plugin_args, records, write_task
-from pytest_autoresearch.sandbox import hash_contents
 
 pytest_plugins = ["pytester"]
 
@@ -404,28 +403,53 @@ def test_xdist_workers_share_out_the_runs_of_a_new_baseline(pytester, monkeypatc
     recs = records(pytester.path)
     baselines = [r for r in recs if r["status"] == "baseline"]
     assert len(baselines) == 1 and baselines[0]["scores"] == [1.0, 1.0, 1.0]
-    assert baselines[0]["reason"].startswith("baseline scored by gw")
+    assert baselines[0]["reason"].startswith("baseline scored; runs by gw")
     assert sorted(p.name for p in (pytester.path / "work/logs/t").glob("baseline-*")) == [
         f"baseline-{baselines[0]['baseline_hash']}-run{r}.log" for r in (1, 2, 3)]
     assert sorted(r["iteration"] for r in recs if r["status"] != "baseline") == [1, 2, 3]
 
 
-def test_baseline_runs_finished_before_an_interruption_are_not_run_again(pytester, research):
-    write_task(pytester.path, value="7\n", spec={"policy": {"kind": "noise-aware", "repeats": 3, "confidence": 0.95}})
-    content_hash = hash_contents({"experiments/t/value.txt": b"7\n"})
-    folder = pytester.path / "work/autoresearch/baseline-runs/t" / content_hash
-    folder.mkdir(parents=True)
-    for r in (0, 1):  # what a session killed during the baseline's third run leaves behind
-        (folder / f"{r}.json").write_text(json.dumps({"score": 6.5, "seconds": 1.0, "metrics": {}, "worker": "main",
-                                                      "log": f"work/logs/t/baseline-{content_hash}-run{r + 1}.log"}))
-    (folder / "2.json").write_text('{"score": 6.')  # unreadable: not finished, so run again
+# The runner notes each baseline run's seed in TALLY; the baseline's third run (seed 44) crashes while FLAG exists.
+TALLY_SCORE = '''import os, pathlib, sys
+if os.environ["AUTORESEARCH_ITERATION"] == "0":
+    with open(os.environ["TALLY"], "a") as f:
+        f.write(os.environ["AUTORESEARCH_SEED"] + "\\n")
+    if os.environ["AUTORESEARCH_SEED"] == "44" and os.path.exists(os.environ["FLAG"]):
+        sys.exit("run 3 fails")
+print("score:", pathlib.Path("experiments/t/value.txt").read_text().strip())
+'''
+
+
+@pytest.mark.parametrize("protected_changed", [False, True])
+def test_baseline_runs_that_finished_are_not_run_again_under_the_same_setup(pytester, research, monkeypatch,
+                                                                           tmp_path, protected_changed):
+    tally, flag = tmp_path / "tally.txt", tmp_path / "flag"
+    flag.write_text("")
+    monkeypatch.setenv("TALLY", str(tally))
+    monkeypatch.setenv("FLAG", str(flag))
+    write_task(pytester.path, score=TALLY_SCORE, spec={"protected": ["prepare.py"],
+               "policy": {"kind": "noise-aware", "repeats": 3, "confidence": 0.95}})
+    (pytester.path / "prepare.py").write_text("TIME_BUDGET = 300\n")
     research()
-    baseline = records(pytester.path)[0]
-    assert baseline["status"] == "baseline" and baseline["baseline_hash"] == content_hash
-    assert baseline["scores"] == [6.5, 6.5, 7.0]  # runs 1 and 2 reused, run 3 measured
-    assert json.loads((folder / "2.json").read_text())["score"] == 7.0
-    assert baseline["runner_s"] >= 2.0
-    assert not (pytester.path / f"work/logs/t/baseline-{content_hash}-run1.log").exists()
+    assert [r["status"] for r in records(pytester.path)] == ["crash"]
+    assert records(pytester.path)[0]["reason"].startswith("baseline: runner exited with code 1")
+    flag.unlink()
+    if protected_changed:  # the evaluation changed: runs measured under the old one no longer count
+        (pytester.path / "prepare.py").write_text("TIME_BUDGET = 30\n")
+    research()
+    baseline = [r for r in records(pytester.path) if r["status"] == "baseline"]
+    assert len(baseline) == 1 and baseline[0]["scores"] == [1.0, 1.0, 1.0]
+    rerun = ["42", "43", "44"] if protected_changed else ["44"]
+    assert tally.read_text().split() == ["42", "43", "44", *rerun]
+
+
+def test_a_fresh_results_file_scores_the_baseline_afresh(pytester, research, tmp_path):
+    write_task(pytester.path, step=0, spec={"policy": {"kind": "noise-aware", "repeats": 2, "confidence": 0.95}})
+    research()
+    (pytester.path / "experiments/t/score.py").write_text('print("score: 10")\n')  # a new runner, same command
+    research("--autoresearch-results", str(tmp_path / "fresh.jsonl"))
+    fresh = [json.loads(line) for line in (tmp_path / "fresh.jsonl").read_text().splitlines()]
+    assert fresh[0]["status"] == "baseline" and fresh[0]["scores"] == [10.0, 10.0]
 
 
 def test_gpu_task_without_gpus_crashes_cleanly(pytester, research, monkeypatch):
