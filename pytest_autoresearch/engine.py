@@ -147,7 +147,7 @@ class Engine:
         setup = hashlib.sha256(json.dumps([task.runner_command, task.metric, task.pattern.pattern,
                                            sorted(protected.items())]).encode()).hexdigest()[:16]
 
-        def run(r: int) -> bool:
+        def run(r: int) -> dict[str, Any] | None:
             if not sandbox.exists():
                 copy_tree(source, sandbox)
                 present = self.artifacts_in(task, sandbox)
@@ -161,16 +161,18 @@ class Engine:
                 outcome = score_once(task, sandbox, env, log, f"baseline run {r + 1}/{task.policy.repeats} (seed {seed})")
             if outcome.failure is not None:
                 record.status, record.reason, record.log = "crash", f"baseline: {outcome.failure}", self.shown(log_path)
-                return False
-            write_atomic(folder / f"{r}.json", json.dumps({
-                "score": outcome.score, "seconds": round(outcome.seconds, 3), "metrics": outcome.metrics,
-                "log": self.shown(log_path), "worker": self.worker, "setup": setup}))
-            return True
+                return None
+            saved = {"score": outcome.score, "seconds": round(outcome.seconds, 3), "metrics": outcome.metrics,
+                     "log": self.shown(log_path), "worker": self.worker, "setup": setup}
+            write_atomic(folder / f"{r}.json", json.dumps(saved))
+            return saved
 
-        repeats = range(task.policy.repeats)
+        runs: dict[int, dict[str, Any]] = {}
         for wait in (False, True):
-            for r in repeats:
-                if _finished_run(folder, r, setup) is not None:
+            for r in range(task.policy.repeats):
+                if r not in runs and (found := _finished_run(folder, r, setup)) is not None:
+                    runs[r] = found
+                if r in runs:
                     continue
                 lock = self.lock(f"baseline-{task.name}-{record.baseline_hash}-run{r}")
                 try:
@@ -178,11 +180,13 @@ class Engine:
                 except Timeout:
                     continue  # another worker is on it: take the next run, come back for this one
                 try:
-                    if _finished_run(folder, r, setup) is None and not run(r):
+                    done = _finished_run(folder, r, setup) or run(r)  # it may have finished while we waited
+                    if done is None:
                         return None
+                    runs[r] = done
                 finally:
                     lock.release()
-        return [_finished_run(folder, r, setup) for r in repeats]
+        return [runs[r] for r in range(task.policy.repeats)]
 
     def _record_baseline(self, task: Task, record: Record, runs: list[dict[str, Any]], wall_s: float) -> list[float]:
         """Append the baseline record: runner_s sums the runs (GPU time), duration_s is this worker's wait."""

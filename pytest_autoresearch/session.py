@@ -53,6 +53,7 @@ class TaskSummary:
     direction: str = "maximize"
     counts: dict[str, int] = field(default_factory=dict)
     baseline: float | None = None  # what the session's first iteration was judged against
+    start_hash: str | None = None  # the artifacts the session started from (its first judged baseline)
     best: float | None = None  # best kept score
 
     def add(self, record: dict[str, Any]) -> None:
@@ -60,6 +61,8 @@ class TaskSummary:
         self.counts[record["status"]] = self.counts.get(record["status"], 0) + 1
         if self.baseline is None:
             self.baseline = record.get("baseline_score")
+        if self.start_hash is None:
+            self.start_hash = record.get("baseline_hash")
         score = record.get("score")
         if record["status"] == "keep" and score is not None:
             better = self.best is None or (score > self.best if self.direction == "maximize" else score < self.best)
@@ -142,21 +145,16 @@ class AutoresearchSession:
             summaries.setdefault(record["task"], TaskSummary()).add(record)
         return summaries
 
-    def reverted(self, task: str) -> str | None:
+    def reverted(self, task: str, start_hash: str | None) -> str | None:
         """A warning when this session began from artifacts other than the workspace's state after the task's
         last keep (mutator mode records it): the workspace was reset or edited between runs (`git checkout`,
         a fresh copy), so keeps may be missing from it."""
         head = self.heads_at_start.get(task)
-        now = [r for r in self.engine.results.records(task) if r.get("status") != "baseline"
-               and r.get("baseline_hash") and int(r.get("iteration", 0)) > self.since.get(task, 0)]
-        if not head or not now:
+        if not head or start_hash is None or start_hash == head.get("hash"):
             return None
-        start = min(now, key=lambda r: r["iteration"])["baseline_hash"]
-        if start == head.get("hash"):
-            return None
-        return (f"{task}: this run started from artifacts {start[:12]}, not the workspace's state after the last "
-                f"keep (iteration {head.get('iteration')}, {str(head.get('hash'))[:12]}): the workspace was reset "
-                f"or edited between runs, so kept changes may be missing from it (each keep's diff: "
+        return (f"{task}: this run started from artifacts {start_hash[:12]}, not the workspace's state after the "
+                f"last keep (iteration {head.get('iteration')}, {str(head.get('hash'))[:12]}): the workspace was "
+                f"reset or edited between runs, so kept changes may be missing from it (each keep's diff: "
                 f"{self.engine.shown(self.engine.logs_dir / task)}/<iteration>.diff)")
 
     def pytest_terminal_summary(self, terminalreporter) -> None:
@@ -175,7 +173,7 @@ class AutoresearchSession:
             tr.write_line(f"{name:<24} {sum(s.counts.values()):>5} " + " ".join(f"{c:>5}" for c in cells) +
                           f" {_num(base):>12} {_num(best):>12} {delta:>10}")
         for name in sorted(summaries):
-            if (warning := self.reverted(name)) is not None:
+            if (warning := self.reverted(name, summaries[name].start_hash)) is not None:
                 tr.write_line(warning, yellow=True)
             if (stopped := crash_stop(self.config, self.engine, name, self.since.get(name, 0))) is not None:
                 tr.write_line(stopped, red=True)
