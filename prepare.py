@@ -443,44 +443,53 @@ def get_token_bytes(device="cpu"):
     return torch.load(os.path.join(tokenizer_dir(), "token_bytes.pt"), map_location=device)
 
 # ---------------------------------------------------------------------------
-# Dataloader: BOS-aligned best-fit packing
+# Dataloader: BOS-aligned best-fit packing (the upstream's algorithm, one packer for training and val)
 # ---------------------------------------------------------------------------
 
-def pack_rows(docs, row_len, buffer_size=PACK_BUFFER):
+def pack_rows(doc_batches, row_len, buffer_size=PACK_BUFFER):
     """
-    Pack documents (token lists, each starting with BOS) into rows of exactly row_len tokens, no padding.
-    Each row is filled with the longest buffered document that still fits (oldest first among equals);
-    when none fits, the shortest is cropped to fill the row and its tail dropped. So every row starts
-    with BOS, and only the last document of a row can be cut short. Stops when docs runs out.
+    Pack documents into rows of exactly row_len tokens, no padding. doc_batches yields lists of documents
+    (token lists, each starting with BOS): the tokenizer's batches, read as whole batches.
+
+    Before each document is placed, whole batches are added to the buffer while it holds fewer than
+    buffer_size documents (so it holds up to buffer_size + one batch - 1). The row is then extended by the
+    longest buffered document that still fits (the oldest among equals); when none fits, the shortest (the
+    oldest among equals) is cropped to fill the row and its tail dropped. Every row starts with BOS and only
+    its last document can be cut short. When doc_batches runs out the buffer is drained; the unfinished last
+    row is dropped. This is the upstream's make_dataloader packing, document for document.
     """
-    docs = iter(docs)
-    lengths, buffer = [], []  # sorted by length, so "longest that fits" is a bisection
+    batches = iter(doc_batches)
+    lengths, buffer = [], []  # sorted by length, ties in arrival order: "longest that fits" is a bisection
+    exhausted = False
     while True:
         row = []
         while len(row) < row_len:
-            while len(buffer) < buffer_size:
-                doc = next(docs, None)
-                if doc is None:
+            while len(buffer) < buffer_size and not exhausted:
+                batch = next(batches, None)
+                if batch is None:
+                    exhausted = True
                     break
-                i = bisect.bisect_right(lengths, len(doc))
-                lengths.insert(i, len(doc))
-                buffer.insert(i, doc)
+                for doc in batch:
+                    i = bisect.bisect_right(lengths, len(doc))
+                    lengths.insert(i, len(doc))
+                    buffer.insert(i, doc)
             if not buffer:
                 return  # out of documents: drop the unfinished row
             space = row_len - len(row)
             fits = bisect.bisect_right(lengths, space)
             if fits:
-                i = bisect.bisect_left(lengths, lengths[fits - 1])
+                i = bisect.bisect_left(lengths, lengths[fits - 1])  # the oldest of the longest that fit
                 row.extend(buffer.pop(i))
             else:
-                i = 0
+                i = 0  # the shortest, oldest first
                 row.extend(buffer.pop(0)[:space])
             lengths.pop(i)
         yield row
 
 
 def _document_batches(split, epochs=None, docs_per_batch=128):
-    """(texts, epoch) from the train shards or the val shard, cycling forever unless epochs is given."""
+    """(texts, epoch) from the train shards or the val shard, cycling forever unless epochs is given.
+    A batch is at most docs_per_batch documents of one parquet row group, as the upstream reads them."""
     paths = train_shard_paths() if split == "train" else [os.path.join(data_dir(), VAL_FILENAME)]
     if not paths or not all(os.path.exists(p) for p in paths):
         raise FileNotFoundError(f"{data_dir()}: no {split} data; run `python prepare.py` first")
@@ -493,21 +502,17 @@ def _document_batches(split, epochs=None, docs_per_batch=128):
                     yield texts[i:i + docs_per_batch], epoch
 
 
-def _token_docs(tokenizer, split, epochs, reading=None):
-    """BOS-prefixed token lists of the split's documents, in file order; reading["epoch"] follows the pass."""
+def _token_batches(tokenizer, split, epochs=None, reading=None):
+    """Batches of BOS-prefixed token lists, in file order; reading["epoch"] follows the pass being read."""
     bos = tokenizer.get_bos_token_id()
     for texts, epoch in _document_batches(split, epochs):
         if reading is not None:
             reading["epoch"] = epoch
-        yield from tokenizer.encode(texts, prepend=bos)
+        yield tokenizer.encode(texts, prepend=bos)
 
 
-def _batches(tokenizer, B, T, split, buffer_size, device, epochs):
-    if split not in ("train", "val"):
-        raise ValueError(f"split must be 'train' or 'val', not {split!r}")
+def _batches(rows, B, T, device, reading):
     device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
-    reading = {"epoch": 1}
-    rows = pack_rows(_token_docs(tokenizer, split, epochs, reading), T + 1, buffer_size)
     pinned = device.type == "cuda"
     while True:
         batch = list(itertools.islice(rows, B))
@@ -525,38 +530,63 @@ def _batches(tokenizer, B, T, split, buffer_size, device, epochs):
 
 def make_dataloader(tokenizer, B, T, split, buffer_size=PACK_BUFFER, device=None):
     """
-    Infinite iterator of (x, y, epoch): int64 (B, T) tensors, y = x shifted by one, packed by pack_rows.
-    device defaults to CUDA if available, else CPU.
+    Infinite iterator of (x, y, epoch): int64 (B, T) tensors, y = x shifted by one, rows packed by pack_rows
+    from the split's documents, cycling over its shards. device defaults to CUDA if available, else CPU.
     """
-    return _batches(tokenizer, B, T, split, buffer_size, device, epochs=None)
+    if split not in ("train", "val"):
+        raise ValueError(f"split must be 'train' or 'val', not {split!r}")
+    reading = {"epoch": 1}
+    rows = pack_rows(_token_batches(tokenizer, split, reading=reading), T + 1, buffer_size)
+    return _batches(rows, B, T, device, reading)
 
 # ---------------------------------------------------------------------------
 # Evaluation (the fixed metric)
 # ---------------------------------------------------------------------------
 
-def _val_rows(tokenizer, T):
-    """The val shard read once, packed into rows of T+1 tokens exactly as the dataloader packs it.
-    The order depends only on the data and T, never on a batch size."""
-    return pack_rows(_token_docs(tokenizer, "val", epochs=1), T + 1, PACK_BUFFER)
+def _val_token_batches(tokenizer, min_tokens):
+    """The val shard's token batches, cycled like the upstream's loader if one pass holds at least
+    min_tokens tokens; a smaller split is read once (see evaluate_bpb)."""
+    passed = 0
+    for batch in _token_batches(tokenizer, "val", epochs=1):
+        passed += sum(map(len, batch))
+        yield batch
+    if passed < min_tokens:
+        return
+    for batch in _token_batches(tokenizer, "val"):
+        yield batch
+
+
+def val_rows(tokenizer, T, num_rows):
+    """The rows val_bpb scores, of T + 1 tokens: at most num_rows, whatever the batch size (see evaluate_bpb)."""
+    rows = pack_rows(_val_token_batches(tokenizer, num_rows * T), T + 1, PACK_BUFFER)
+    return itertools.islice(rows, num_rows)
 
 
 @torch.no_grad()
 def evaluate_bpb(model, tokenizer, batch_size):
     """
     Bits per byte on the validation shard: independent of vocabulary size, so tokenizers are comparable.
-    Sums per-token cross-entropy (nats) and UTF-8 bytes over targets that are not special tokens, over
-    the first EVAL_TOKENS // MAX_SEQ_LEN packed rows of the val shard, or all of its rows if it holds fewer.
-    model(x, y, reduction='none') must return per-token losses of shape (B, T) or (B*T,).
+    Sums per-token cross-entropy (nats) and UTF-8 bytes over targets that are not special tokens, then
+    divides. model(x, y, reduction='none') must return per-token losses of shape (B, T) or (B*T,).
+
+    The rows: pack_rows over the val shard's documents with buffer PACK_BUFFER, read as the upstream's
+    dataloader reads them (row groups in 128-document tokenizer batches, the shard repeated when it ends),
+    into rows of MAX_SEQ_LEN + 1 tokens; the first EVAL_TOKENS // MAX_SEQ_LEN of them are scored. These are
+    the upstream's rows at its default DEVICE_BATCH_SIZE (128 divides them), and they are the same rows at
+    every batch_size here: rows are counted, not batches, and the last batch may be short. (Repeating means
+    that a split of fewer than PACK_BUFFER documents has copies of them in the buffer at once, as upstream.)
+
+    A small val split, one whose documents hold fewer tokens (BOS included) than the scored rows do,
+    (EVAL_TOKENS // MAX_SEQ_LEN) * MAX_SEQ_LEN, is read once instead of repeated: every row it packs into
+    is scored, no document counts twice, and a note says how many tokens that was. (The upstream would
+    score some documents twice; small splits occur at toy sizes, where no upstream figure exists.)
     """
     if batch_size < 1:
         raise ValueError(f"evaluate_bpb: batch_size must be at least 1, not {batch_size}")
     device = next(model.parameters()).device
     token_bytes = get_token_bytes(device)
-    # Count rows, not batches: batch_size (DEVICE_BATCH_SIZE) is a knob agents turn, and a batch count would
-    # move the end of the evaluated prefix with it. The last batch may be smaller. At the default B=128 the
-    # rows are the same 80 full batches as before (EVAL_TOKENS is a multiple of 128 * MAX_SEQ_LEN).
     num_rows = EVAL_TOKENS // MAX_SEQ_LEN
-    rows = itertools.islice(_val_rows(tokenizer, MAX_SEQ_LEN), num_rows)  # one pass: no document weighs twice
+    rows = val_rows(tokenizer, MAX_SEQ_LEN, num_rows)
     accumulate = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
     total_nats = torch.zeros((), dtype=accumulate, device=device)
     total_bytes = torch.zeros((), dtype=torch.int64, device=device)

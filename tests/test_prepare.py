@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.server
+import itertools
 import json
 import math
 import os
@@ -113,9 +114,10 @@ documents = st.lists(st.lists(st.integers(1, 50), max_size=40), max_size=40).map
 
 
 @FAST
-@given(docs=documents, row_len=st.integers(1, 64), buffer_size=st.integers(1, 8))
-def test_rows_are_bos_aligned_unpadded_concatenations_of_document_prefixes(docs, row_len, buffer_size):
-    rows = list(prepare.pack_rows(docs, row_len, buffer_size))
+@given(docs=documents, row_len=st.integers(1, 64), buffer_size=st.integers(1, 8), per_batch=st.integers(1, 5))
+def test_rows_are_bos_aligned_unpadded_concatenations_of_document_prefixes(docs, row_len, buffer_size, per_batch):
+    batches = [docs[i:i + per_batch] for i in range(0, len(docs), per_batch)]
+    rows = list(prepare.pack_rows(batches, row_len, buffer_size))
     by_id = {doc[1]: doc for doc in docs}
     used, bare_bos = set(), 0
     for row in rows:
@@ -138,7 +140,7 @@ def test_rows_are_bos_aligned_unpadded_concatenations_of_document_prefixes(docs,
 
 def test_packing_takes_the_longest_fitting_document_and_crops_the_shortest_when_none_fits():
     docs = [[BOS, 1, 1], [BOS, 2, 2, 2, 2], [BOS, 3], [BOS, 4, 4]]
-    rows = list(prepare.pack_rows(docs, row_len=6, buffer_size=10))
+    rows = list(prepare.pack_rows([docs], row_len=6, buffer_size=10))
     # row 1: longest that fits 6 is the 5-token doc, then 1 slot left: crop the shortest (2 tokens)
     # row 2: 3 + 3 tokens; nothing is left for a third row
     assert rows == [[BOS, 2, 2, 2, 2, BOS], [BOS, 1, 1, BOS, 4, 4]]
@@ -220,10 +222,13 @@ def positional_loss(y):
     return y.float() / 100 + torch.arange(y.shape[-1]).float() / 1000
 
 
-def val_rows(tokenizer, tiny_cache, T):
-    """Every packed row of the tiny val split, built from the parquet file directly (not through evaluate_bpb)."""
+def val_rows(tokenizer, tiny_cache, T, passes):
+    """Packed rows of the tiny val split read once (passes=1) or without end (None, the first 10**4 rows),
+    built from the parquet file directly (not through evaluate_bpb)."""
     docs = tokenizer.encode(read_texts(tiny_cache / "data" / prepare.VAL_FILENAME), prepend=tokenizer.get_bos_token_id())
-    return torch.tensor(list(prepare.pack_rows(docs, T + 1)), dtype=torch.long)
+    batches = [docs[i:i + 128] for i in range(0, len(docs), 128)]  # the tokenizer batches of one row group
+    stream = batches if passes == 1 else itertools.cycle(batches)
+    return torch.tensor(list(itertools.islice(prepare.pack_rows(stream, T + 1), 10**4)), dtype=torch.long)
 
 
 def evaluate(tokenizer, batch_size):
@@ -238,30 +243,19 @@ def test_val_bpb_scores_the_same_rows_whatever_the_batch_size(tokenizer, tiny_ca
                                                              capsys, eval_rows):
     monkeypatch.setattr(prepare, "MAX_SEQ_LEN", SHORT_T)
     monkeypatch.setattr(prepare, "EVAL_TOKENS", eval_rows * SHORT_T + SHORT_T // 2)  # a partial row is not scored
-    rows = val_rows(tokenizer, tiny_cache, SHORT_T)
-    assert 50 < len(rows) < 10**6
-    expected = rows[:eval_rows, 1:]
+    # a split that holds the scored rows is repeated without end, as the upstream's loader does; a smaller one is read once
+    one_pass = val_rows(tokenizer, tiny_cache, SHORT_T, passes=1)
+    assert 50 < len(one_pass) < 10**6
+    expected = (one_pass if eval_rows > len(one_pass) else val_rows(tokenizer, tiny_cache, SHORT_T, passes=None))[:eval_rows, 1:]
     results = {b: evaluate(tokenizer, b) for b in (1, 3, 7, 128, 10**6)}  # 10**6: beyond the whole set
     for bpb, targets in results.values():
         assert torch.equal(targets, expected)
         assert bpb == pytest.approx(results[1][0], rel=1e-12)
     out = capsys.readouterr().out
-    if eval_rows < len(rows):
+    if eval_rows < len(one_pass):
         assert "note:" not in out
     else:  # the note gives the tokens really scored
-        assert out.count(f"note: val split holds only {len(rows) * SHORT_T:,} of EVAL_TOKENS") == len(results)
-
-
-def test_whole_batches_score_what_the_read_once_val_loader_yields(tokenizer, use_tiny_cache, monkeypatch):
-    # The default (B=128, EVAL_TOKENS = 80 batches of 128 rows) must keep scoring the dataloader's first 80
-    # batches, as before rows were counted instead of batches; here 5 batches of 4 rows stand in for it.
-    monkeypatch.setattr(prepare, "MAX_SEQ_LEN", SHORT_T)
-    monkeypatch.setattr(prepare, "EVAL_TOKENS", 5 * 4 * SHORT_T)
-    assert prepare.EVAL_TOKENS % (4 * SHORT_T) == 0
-    # the read-once val loader evaluate_bpb used when it counted batches
-    loader = prepare._batches(tokenizer, 4, SHORT_T, "val", 1000, "cpu", epochs=1)
-    expected = torch.cat([next(loader)[1] for _ in range(5)])
-    assert torch.equal(evaluate(tokenizer, 4)[1], expected)
+        assert out.count(f"note: val split holds only {len(one_pass) * SHORT_T:,} of EVAL_TOKENS") == len(results)
 
 
 def test_default_eval_set_is_whole_batches_of_the_default_batch_size():
