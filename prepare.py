@@ -587,6 +587,7 @@ def evaluate_bpb(model, tokenizer, batch_size):
     token_bytes = get_token_bytes(device)
     num_rows = EVAL_TOKENS // MAX_SEQ_LEN
     rows = val_rows(tokenizer, MAX_SEQ_LEN, num_rows)
+    bos = tokenizer.get_bos_token_id()
     accumulate = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
     total_nats = torch.zeros((), dtype=accumulate, device=device)
     total_bytes = torch.zeros((), dtype=torch.int64, device=device)
@@ -595,13 +596,18 @@ def evaluate_bpb(model, tokenizer, batch_size):
     done = 0
     try:
         while batch := list(itertools.islice(rows, batch_size)):
+            scored = len(batch)
+            if done and scored < batch_size:
+                # pad a short last batch with BOS rows, whose targets count nothing: every batch then has one
+                # shape, and a compiled model is not compiled again for the last one
+                batch += [[bos] * (MAX_SEQ_LEN + 1)] * (batch_size - scored)
             packed = torch.tensor(batch, dtype=torch.long)
             x, y = torch.stack((packed[:, :-1], packed[:, 1:])).to(device)  # contiguous, like the dataloader's
             loss = model(x, y, reduction="none").reshape(-1)
             nbytes = token_bytes[y.reshape(-1)]
             total_nats += torch.where(nbytes > 0, loss, 0.0).sum(dtype=accumulate)
             total_bytes += nbytes.sum()
-            done += len(batch)
+            done += scored
     finally:
         model.train(was_training)
     if done == 0:

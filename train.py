@@ -25,7 +25,9 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
-from prepare import MAX_SEQ_LEN, TIME_BUDGET, Tokenizer, evaluate_bpb, make_dataloader
+from prepare import MAX_SEQ_LEN, TIME_BUDGET, Tokenizer, cache_dir, evaluate_bpb, make_dataloader
+
+T_IMPORTED = time.time()
 
 # ---------------------------------------------------------------------------
 # Hyperparameters (edit these directly)
@@ -432,7 +434,8 @@ def build_optimizer(model, compile_updates, ns_dtype):
     return optimizer
 
 # ---------------------------------------------------------------------------
-# Device, precision and attention back-end
+# Hardware plumbing: device, precision, compile caches, attention plans, peak FLOPs, memory
+# (agents rarely need to touch this; the research lives above and in the loop below)
 # ---------------------------------------------------------------------------
 
 # Dense bf16 tensor-core peak, FLOP/s, for MFU. Matched as substrings of the device name, in order.
@@ -456,6 +459,19 @@ def peak_flops(device):
         return 0.0
     name = torch.cuda.get_device_name(device)
     return next((flops for key, flops in PEAK_BF16_FLOPS if key in name), 0.0)
+
+
+def use_persistent_compile_cache():
+    """Keep torch.compile's caches (Inductor's compiled graphs and autotuning, Triton's kernels) beside the data,
+    not in /tmp: a later experiment with the same graphs then loads them instead of compiling again.
+    $TORCHINDUCTOR_CACHE_DIR and $TRITON_CACHE_DIR, if set, win. Returns the Inductor cache folder."""
+    import torch._functorch.config
+    import torch._inductor.config
+    inductor = os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.join(cache_dir(), "compile", "inductor"))
+    os.environ.setdefault("TRITON_CACHE_DIR", os.path.join(cache_dir(), "compile", "triton"))
+    torch._inductor.config.fx_graph_cache = True          # compiled graphs, keyed by graph and config
+    torch._functorch.config.enable_autograd_cache = True  # the forward/backward split around them
+    return inductor
 
 
 def time_cuda(fn, warmup=3, iters=10):
@@ -519,6 +535,34 @@ def attention_plans(device, sdpa_backends):
     plans.append((Attention("masked", "masked"), False))  # last resort: eager, PyTorch's default kernels
     return plans
 
+
+def available_memory_bytes():
+    """Memory the kernel can still hand out (MemAvailable), or None where /proc/meminfo is absent."""
+    try:
+        with open("/proc/meminfo") as f:
+            fields = dict(line.split(":", 1) for line in f)
+        return int(fields["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def cpu_training_bytes(config, batch_size, num_params):
+    """A lower bound on the memory of one fp32 forward+backward on the CPU: weights, gradients and two optimizer
+    states; each layer's attention probabilities (B*H*T*T, kept for the backward) and a few residual-size
+    activations; the logits before and after the soft cap."""
+    B, T, C, H = batch_size, config.sequence_len, config.n_embd, config.n_head
+    per_layer = B * H * T * T + 8 * B * T * C
+    return 4 * (4 * num_params + config.n_layer * per_layer + 2 * B * T * config.vocab_size)
+
+
+def check_cpu_memory(config, batch_size, num_params):
+    """Refuse, with what to lower, a CPU run that cannot fit: the kernel's OOM killer would end it silently."""
+    needed, available = cpu_training_bytes(config, batch_size, num_params), available_memory_bytes()
+    if available is not None and needed > available:
+        sys.exit(f"train.py: on the CPU this run needs at least {needed / 2**30:.1f} GiB, and {available / 2**30:.1f} GiB "
+                 f"are available: lower DEVICE_BATCH_SIZE, MAX_SEQ_LEN or DEPTH (README: Smaller computers)")
+
+
 def prefetch(loader, depth=4):
     """Run a loader on a background thread. While the GPU works through queued kernels the main thread
     has little to do, so tokenizing (whose Rust core drops the GIL) and packing the next batches beside it
@@ -556,8 +600,49 @@ def muon_momentum(step):
     return 0.85 + 0.10 * min(step / 300, 1.0)  # low momentum while the loss moves fast early on
 
 # ---------------------------------------------------------------------------
-# Training
+# Training, in steps: set up, build the model, train for the budget, evaluate, summarize
 # ---------------------------------------------------------------------------
+
+@dataclass
+class Run:
+    """What the steps below share: the device and precision, the model's shape, the tokenizer."""
+    device: torch.device
+    bf16: bool
+    seed: int
+    config: GPTConfig
+    tokenizer: Tokenizer
+    grad_accum: int
+
+    @property
+    def use_cuda(self):
+        return self.device.type == "cuda"
+
+    def autocast(self):
+        return torch.amp.autocast(device_type="cuda", dtype=torch.bfloat16) if self.bf16 else nullcontext()
+
+    def sync(self):
+        if self.use_cuda:
+            torch.cuda.synchronize()
+        elif self.device.type == "mps":
+            torch.mps.synchronize()
+
+
+class StartupClock:
+    """Where start-up time goes: lap(name) books the seconds since the last lap under name, in order."""
+
+    def __init__(self):
+        self.phases = {"imports": T_IMPORTED - T_PROCESS_START}
+        self.last = T_IMPORTED
+
+    def lap(self, name):
+        now = time.time()
+        self.phases[name] = now - self.last
+        self.last = now
+
+    def line(self):
+        return "startup: " + " | ".join(f"{name} {s:.1f}s" for name, s in self.phases.items()) + \
+            f" | total {self.last - T_PROCESS_START:.1f}s"
+
 
 def fail(message):
     print(f"\n{message}")
@@ -565,19 +650,16 @@ def fail(message):
     sys.exit(1)
 
 
-def main():
+def set_up():
     seed = int(os.environ.get("AUTORESEARCH_SEED", "42"))
     torch.manual_seed(seed)
     device = detect_device()
-    use_cuda = device.type == "cuda"
-    bf16 = use_cuda and torch.cuda.get_device_capability(device) >= (8, 0)
-    amp_dtype = torch.bfloat16 if bf16 else None
-    autocast = torch.amp.autocast(device_type="cuda", dtype=torch.bfloat16) if bf16 else nullcontext()
-    if use_cuda:
+    bf16 = device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 0)
+    if device.type == "cuda":
         torch.set_float32_matmul_precision("high")
-    print(f"device: {device.type}{' (' + torch.cuda.get_device_name(device) + ')' if use_cuda else ''} | "
+        print(f"compile cache: {use_persistent_compile_cache()}")
+    print(f"device: {device.type}{' (' + torch.cuda.get_device_name(device) + ')' if device.type == 'cuda' else ''} | "
           f"precision: {'bf16' if bf16 else 'fp32'} | seed: {seed}")
-
     tokenizer = Tokenizer.from_directory()
     model_dim = -(-DEPTH * ASPECT_RATIO // HEAD_DIM) * HEAD_DIM  # round up to whole heads
     config = GPTConfig(sequence_len=MAX_SEQ_LEN, vocab_size=tokenizer.get_vocab_size(), n_layer=DEPTH,
@@ -587,84 +669,71 @@ def main():
     if TOTAL_BATCH_SIZE % tokens_per_pass:
         sys.exit(f"train.py: TOTAL_BATCH_SIZE ({TOTAL_BATCH_SIZE}) must be a multiple of "
                  f"DEVICE_BATCH_SIZE * MAX_SEQ_LEN ({tokens_per_pass})")
-    grad_accum = TOTAL_BATCH_SIZE // tokens_per_pass
+    if device.type == "cpu":
+        with torch.device("meta"):
+            check_cpu_memory(config, DEVICE_BATCH_SIZE, GPT(config).num_params())
+    return Run(device, bf16, seed, config, tokenizer, TOTAL_BATCH_SIZE // tokens_per_pass)
 
+
+def build_model(run, x, y):
+    """Build the model under each attention plan until one survives a full forward+backward (the compile, so a
+    working first plan costs nothing extra); weights are re-initialised from the same seed for each try, so the
+    run doesn't depend on which plan won. Returns (model, train_model, attention, compiled), the step's loss
+    and gradients kept as micro-step 0 of step 0."""
     # fused SDPA kernels need 16-bit inputs: only worth timing where we train in bf16
     sdpa_backends = None
-    if bf16:
-        sdpa_backends = pick_sdpa_backend(DEVICE_BATCH_SIZE, config.n_head, MAX_SEQ_LEN, HEAD_DIM, torch.bfloat16, device)
-
-    train_loader = make_dataloader(tokenizer, DEVICE_BATCH_SIZE, MAX_SEQ_LEN, "train")
-    if use_cuda:  # elsewhere the model computes on the same cores the loader would use
-        train_loader = prefetch(train_loader)
-    x, y, epoch = next(train_loader)
-
-    # Build the model under each attention plan until one survives a full forward+backward (this step
-    # is also the compile, so a working first plan costs nothing extra). Weights are re-initialised from
-    # the same seed for each try, so the run doesn't depend on which plan won.
-    for attention, compiled in attention_plans(device, sdpa_backends):
-        torch.manual_seed(seed)
-        with torch.device(device):
-            model = GPT(config, attention)
-        model.init_weights(low_precision=amp_dtype)
-        attention.prepare(model.windows, MAX_SEQ_LEN, device)
+    if run.bf16:
+        sdpa_backends = pick_sdpa_backend(DEVICE_BATCH_SIZE, run.config.n_head, MAX_SEQ_LEN, HEAD_DIM, torch.bfloat16, run.device)
+    for attention, compiled in attention_plans(run.device, sdpa_backends):
+        torch.manual_seed(run.seed)
+        with torch.device(run.device):
+            model = GPT(run.config, attention)
+        model.init_weights(low_precision=torch.bfloat16 if run.bf16 else None)
+        attention.prepare(model.windows, MAX_SEQ_LEN, run.device)
         train_model = torch.compile(model, dynamic=False, fullgraph=True) if compiled else model
         try:
-            with autocast:
-                loss = train_model(x, y)
-            (loss / grad_accum).backward()
-            break
+            loss = micro_step(run, train_model, x, y)
+            return model, train_model, attention, compiled, loss
         except torch.OutOfMemoryError as e:
             # every other plan needs at least as much memory: say what to change instead of trying them all
             sys.exit(f"train.py: CUDA out of memory in the first step with DEVICE_BATCH_SIZE={DEVICE_BATCH_SIZE}: "
                      f"lower it (TOTAL_BATCH_SIZE is kept by gradient accumulation) or shrink the model. {str(e)[:200]}")
         except Exception as e:
-            how = "compiled" if compiled else "eager"
-            print(f"attention {attention.name()} ({how}) failed: {type(e).__name__}: {str(e)[:300]}")
+            print(f"attention {attention.name()} ({'compiled' if compiled else 'eager'}) failed: {type(e).__name__}: {str(e)[:300]}")
             del model, train_model, attention
             gc.collect()
             if compiled:
                 torch._dynamo.reset()
-            if use_cuda:
+            if run.use_cuda:
                 torch.cuda.empty_cache()
-    else:
-        sys.exit("train.py: no attention back-end could run a training step (errors above)")
-    print(f"attention: {attention.name()} | compiled: {compiled} | first step done at {time.time() - T_PROCESS_START:.1f}s")
+    sys.exit("train.py: no attention back-end could run a training step (errors above)")
 
-    num_params = model.num_params()
-    flops_per_token = model.flops_per_token()
-    print(f"parameters: {num_params:,} | flops/token: {flops_per_token:.3e} | grad accumulation: {grad_accum}")
-    optimizer = build_optimizer(model, compile_updates=compiled and COMPILE_OPTIMIZER,
-                                ns_dtype=torch.bfloat16 if bf16 else torch.float32)
-    peak = peak_flops(device)
-    # compiled runs spend their first steps compiling and autotuning; eager ones need just one to settle
-    untimed_steps = UNTIMED_STEPS if compiled else 1
-    print(f"time budget: {TIME_BUDGET}s (after {untimed_steps} untimed warm-up steps)")
 
-    def sync():
-        if use_cuda:
-            torch.cuda.synchronize()
-        elif device.type == "mps":
-            torch.mps.synchronize()
+def micro_step(run, train_model, x, y):
+    """Forward and backward of one micro-batch; returns the mean loss, detached. The model returns per-token
+    losses here as in evaluation, so that both run the one compiled graph (see evaluate)."""
+    with run.autocast():
+        loss = train_model(x, y, reduction="none").mean()
+    (loss / run.grad_accum).backward()
+    return loss.detach()
 
-    # ----- the loop -----
-    bad_loss = torch.zeros((), dtype=torch.bool, device=device)  # sticky flag: checked at log steps only
+
+def train(run, model, train_model, optimizer, train_loader, first_loss, x, y, untimed_steps, clock):
+    """The loop: steps until TIME_BUDGET seconds of training have passed after the untimed warm-up steps.
+    Returns (steps, training seconds, the wall-clock time the budget started)."""
+    flops_per_token, peak = model.flops_per_token(), peak_flops(run.device)
+    bad_loss = torch.zeros((), dtype=torch.bool, device=run.device)  # sticky flag: checked at log steps only
     step, training_time, budget_start = 0, 0.0, None
-    probe_counts = True  # the plan probe above already ran micro-step 0 of step 0: reuse its loss/grads
+    pending = first_loss  # build_model already ran micro-step 0 of step 0: reuse its loss and gradients
     log_t, log_step = time.time(), 0
     while True:
         t_step = time.time()
-        loss_sum = torch.zeros((), device=device)
-        for _ in range(grad_accum):
-            if probe_counts:
-                probe_counts = False
-            else:
-                with autocast:
-                    loss = train_model(x, y)
-                (loss / grad_accum).backward()
-            loss_sum += loss.detach().float()
+        loss_sum = torch.zeros((), device=run.device)
+        for _ in range(run.grad_accum):
+            loss, pending = (pending, None) if pending is not None else (micro_step(run, train_model, x, y), None)
+            loss_sum += loss.float()
             x, y, epoch = next(train_loader)
-        train_loss = loss_sum / grad_accum
+        train_loss = loss_sum / run.grad_accum
         bad_loss |= ~torch.isfinite(train_loss) | (train_loss > 100)
 
         progress = min(training_time / TIME_BUDGET, 1.0)
@@ -677,22 +746,27 @@ def main():
         optimizer.step()
         model.zero_grad(set_to_none=True)
         step += 1
+        if step == 1:
+            run.sync()
+            clock.lap("compile optimizer + first update" if optimizer.compiled else "first update")
 
         if step == untimed_steps:
             # warm-up over: compiled, autotuned, allocator settled. Freeze what exists so the cyclic GC
             # (pauses of hundreds of ms) has nothing to scan, and start the clock.
-            sync()
+            run.sync()
             gc.collect()
             gc.freeze()
             gc.disable()
-            budget_start = time.time()
-            log_t, log_step = budget_start, step
+            clock.lap("warm-up steps")
+            budget_start = log_t = clock.last
+            log_step = step
+            print(clock.line(), flush=True)
         elif step > untimed_steps:
             training_time = time.time() - budget_start  # host clock; the GPU lags by at most a step or so
         done = step > untimed_steps and training_time >= TIME_BUDGET
 
         if step % LOG_EVERY == 0 or done or step <= untimed_steps:
-            sync()
+            run.sync()
             if bad_loss.item():
                 fail(f"step {step}: loss is NaN, infinite or above 100 ({train_loss.item():.4g})")
             now = time.time()
@@ -708,22 +782,40 @@ def main():
                   f"remaining {remaining:.0f}s", flush=True)
         if done:
             break
+    run.sync()
+    return step, time.time() - budget_start, budget_start
 
-    sync()
-    training_time = time.time() - budget_start
-    timed_steps = step - untimed_steps
-    startup_seconds = budget_start - T_PROCESS_START
 
-    model.eval()
-    with autocast:
-        val_bpb = evaluate_bpb(train_model, tokenizer, DEVICE_BATCH_SIZE)
+class TrainingGraphForward(nn.Module):
+    """The compiled training model as evaluate_bpb wants it. evaluate_bpb scores under torch.no_grad(); a compiled
+    model called there would trace and compile a second, inference-only graph (tens of seconds cold). With grad
+    mode back on, the training graph's forward serves as it is; the losses are detached, so nothing is kept."""
+
+    def __init__(self, train_model):
+        super().__init__()
+        self.train_model = train_model
+
+    def forward(self, x, y, reduction="mean"):
+        with torch.enable_grad():
+            return self.train_model(x, y, reduction=reduction).detach()
+
+
+def evaluate(run, model, train_model, compiled):
+    scorer = TrainingGraphForward(train_model) if compiled else model
+    with run.autocast():
+        val_bpb = evaluate_bpb(scorer, run.tokenizer, DEVICE_BATCH_SIZE)
     if not math.isfinite(val_bpb):
         fail(f"val_bpb is not finite ({val_bpb})")
+    return val_bpb
 
+
+def summarize(run, model, val_bpb, steps, untimed_steps, training_time, startup_seconds, eval_seconds):
+    flops_per_token, peak = model.flops_per_token(), peak_flops(run.device)
+    timed_steps = steps - untimed_steps
     mfu = 100 * flops_per_token * TOTAL_BATCH_SIZE * timed_steps / training_time / peak if peak and training_time > 0 else 0.0
-    if use_cuda:
-        peak_vram_mb = torch.cuda.max_memory_allocated(device) / 1024**2
-    elif device.type == "mps":
+    if run.use_cuda:
+        peak_vram_mb = torch.cuda.max_memory_allocated(run.device) / 1024**2
+    elif run.device.type == "mps":
         peak_vram_mb = torch.mps.driver_allocated_memory() / 1024**2
     else:
         peak_vram_mb = 0.0
@@ -732,12 +824,42 @@ def main():
     print(f"training_seconds: {training_time:.1f}")
     print(f"total_seconds:    {time.time() - T_PROCESS_START:.1f}")
     print(f"startup_seconds:  {startup_seconds:.1f}")
+    print(f"eval_seconds:     {eval_seconds:.1f}")
     print(f"peak_vram_mb:     {peak_vram_mb:.1f}")
     print(f"mfu_percent:      {mfu:.2f}")
-    print(f"total_tokens_M:   {step * TOTAL_BATCH_SIZE / 1e6:.1f}")
-    print(f"num_steps:        {step}")
-    print(f"num_params_M:     {num_params / 1e6:.1f}")
+    print(f"total_tokens_M:   {steps * TOTAL_BATCH_SIZE / 1e6:.1f}")
+    print(f"num_steps:        {steps}")
+    print(f"num_params_M:     {model.num_params() / 1e6:.1f}")
     print(f"depth:            {DEPTH}")
+
+
+def main():
+    clock = StartupClock()
+    run = set_up()
+    clock.lap("set-up")
+    train_loader = make_dataloader(run.tokenizer, DEVICE_BATCH_SIZE, MAX_SEQ_LEN, "train")
+    if run.use_cuda:  # elsewhere the model computes on the same cores the loader would use
+        train_loader = prefetch(train_loader)
+    x, y, _ = next(train_loader)
+    clock.lap("data")
+
+    model, train_model, attention, compiled, first_loss = build_model(run, x, y)
+    run.sync()
+    clock.lap("compile model + first micro-step" if compiled else "first micro-step")
+    print(f"attention: {attention.name()} | compiled: {compiled} | first step done at {time.time() - T_PROCESS_START:.1f}s")
+    print(f"parameters: {model.num_params():,} | flops/token: {model.flops_per_token():.3e} | grad accumulation: {run.grad_accum}")
+    optimizer = build_optimizer(model, compile_updates=compiled and COMPILE_OPTIMIZER,
+                                ns_dtype=torch.bfloat16 if run.bf16 else torch.float32)
+    # compiled runs spend their first steps compiling and autotuning; eager ones need just one to settle
+    untimed_steps = UNTIMED_STEPS if compiled else 1
+    print(f"time budget: {TIME_BUDGET}s (after {untimed_steps} untimed warm-up steps)")
+
+    steps, training_time, budget_start = train(run, model, train_model, optimizer, train_loader, first_loss, x, y,
+                                               untimed_steps, clock)
+    t_eval = time.time()
+    val_bpb = evaluate(run, model, train_model, compiled)
+    eval_seconds = time.time() - t_eval
+    summarize(run, model, val_bpb, steps, untimed_steps, training_time, budget_start - T_PROCESS_START, eval_seconds)
 
 
 if __name__ == "__main__":

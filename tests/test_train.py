@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 PREPARE_EDITS = {"MAX_SEQ_LEN": "128", "TIME_BUDGET": "5", "EVAL_TOKENS": "64 * 128 * 4", "VOCAB_SIZE": "512"}
 TRAIN_EDITS = {"DEPTH": "2", "ASPECT_RATIO": "32", "HEAD_DIM": "32", "WINDOW_PATTERN": '"SL"',
                "TOTAL_BATCH_SIZE": "2**13", "DEVICE_BATCH_SIZE": "32"}
-SUMMARY_KEYS = ["val_bpb", "training_seconds", "total_seconds", "startup_seconds", "peak_vram_mb",
+SUMMARY_KEYS = ["val_bpb", "training_seconds", "total_seconds", "startup_seconds", "eval_seconds", "peak_vram_mb",
                 "mfu_percent", "total_tokens_M", "num_steps", "num_params_M", "depth"]
 
 
@@ -80,13 +80,19 @@ def test_toy_run_on_cpu_ends_with_complete_summary(toy_project):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert re.search(r"^attention: masked\+masked \| compiled: False \| ", done.stdout, re.M)
     assert re.search(r"^step \d{5} .*\| loss \d+\.\d+ \| lrm .*\| tok/s .*\| mfu .*\| remaining \d+s$", done.stdout, re.M)
+    # the start-up breakdown: each phase in order, and they add up to the total
+    startup = re.search(r"^startup: (.*) \| total (\d+\.\d)s$", done.stdout, re.M)
+    phases = dict(re.fullmatch(r"(.+) (\d+\.\d)s", part).groups() for part in startup[1].split(" | "))
+    assert list(phases) == ["imports", "set-up", "data", "first micro-step", "first update", "warm-up steps"]
+    assert sum(map(float, phases.values())) == pytest.approx(float(startup[2]), abs=0.05 * len(phases) + 0.01)
     summary = parse_summary(done.stdout)
     assert [key for key, _ in summary] == SUMMARY_KEYS
     values = {key: float(value) for key, value in summary}
     assert math.isfinite(values["val_bpb"]) and values["val_bpb"] > 0
     assert values["training_seconds"] >= 5  # the whole (edited) TIME_BUDGET was trained
-    assert values["startup_seconds"] > 0
-    assert values["startup_seconds"] + values["training_seconds"] <= values["total_seconds"]
+    assert values["startup_seconds"] == pytest.approx(float(startup[2]), abs=0.15)
+    assert values["eval_seconds"] > 0
+    assert values["startup_seconds"] + values["training_seconds"] + values["eval_seconds"] <= values["total_seconds"]
     assert values["peak_vram_mb"] == 0.0 and values["mfu_percent"] == 0.0  # CPU: no VRAM, no known peak
     assert values["num_steps"] >= 2 and values["num_steps"] == int(values["num_steps"])
     assert values["total_tokens_M"] == pytest.approx(values["num_steps"] * 2**13 / 1e6, abs=0.051)
@@ -111,14 +117,80 @@ def test_out_of_memory_in_the_first_step_says_what_to_lower(toy_project, tmp_pat
     for name in ("prepare.py", "train.py"):
         shutil.copy(root / name, tmp_path / name)
     script = (tmp_path / "train.py").read_text()
-    first_step = "                loss = train_model(x, y)\n"  # its first occurrence: the attention-plan trial step
-    assert first_step in script
-    (tmp_path / "train.py").write_text(script.replace(first_step, '                raise torch.OutOfMemoryError("simulated")\n', 1))
+    forward = '        loss = train_model(x, y, reduction="none").mean()\n'  # the micro-step's forward
+    assert script.count(forward) == 1
+    (tmp_path / "train.py").write_text(script.replace(forward, '        raise torch.OutOfMemoryError("simulated")\n'))
     done = run_script(tmp_path, cache, "train.py")
     assert done.returncode == 1
     assert "CUDA out of memory in the first step with DEVICE_BATCH_SIZE=32: lower it" in done.stderr
     assert "failed:" not in done.stdout  # no other attention plan tried: they need as much memory
 
+
+@pytest.mark.slow
+def test_a_cpu_run_too_large_for_memory_is_refused_before_it_starts(toy_project, tmp_path):
+    root, cache = toy_project
+    for name in ("prepare.py", "train.py"):
+        shutil.copy(root / name, tmp_path / name)
+    # the README's toy model, with 2**17 rows a micro-step: over 8 TiB of attention probabilities alone
+    set_constants(tmp_path / "train.py", {"DEVICE_BATCH_SIZE": "2**17", "TOTAL_BATCH_SIZE": "2**24"})
+    done = run_script(tmp_path, cache, "train.py")
+    assert done.returncode == 1
+    message = done.stderr.strip().splitlines()[-1]
+    assert re.fullmatch(r"train\.py: on the CPU this run needs at least [\d.]+ GiB, and [\d.]+ GiB are available: "
+                        r"lower DEVICE_BATCH_SIZE, MAX_SEQ_LEN or DEPTH \(README: Smaller computers\)", message), message
+    assert "step 0" not in done.stdout
+
+
+MEASURE_STEP = """
+import resource, torch, train
+config = train.GPTConfig(sequence_len=256, vocab_size=512, n_layer=2, n_head=2, n_embd=128, window_pattern="SL")
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+model = train.GPT(config)
+model.init_weights()
+model.attention.prepare(model.windows, 256, "cpu")
+idx = torch.randint(0, 512, (64, 256))
+model(idx, idx).backward()
+grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
+print(grown, train.cpu_training_bytes(config, 64, model.num_params()), model.num_params())
+"""
+
+
+def test_the_cpu_memory_bound_is_below_what_a_real_step_takes():
+    # a lower bound: it may refuse only runs that cannot fit. A real step's peak memory (a fresh process) exceeds it.
+    done = subprocess.run([sys.executable, "-c", MEASURE_STEP], cwd=REPO, capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, OMP_NUM_THREADS="1"))
+    grown, bound, num_params = map(int, done.stdout.split())
+    optimizer_states = 2 * 4 * num_params  # not allocated by a bare step
+    assert 0 < bound - optimizer_states <= grown
+
+
+def test_evaluation_runs_the_compiled_training_graph_without_compiling_another(use_tiny_cache, monkeypatch):
+    # torch.compile's guards, not its back-end, decide a recompile: aot_eager keeps this fast on a CPU
+    from torch._dynamo.utils import counters
+    import prepare
+    monkeypatch.setattr(prepare, "MAX_SEQ_LEN", 32)
+    monkeypatch.setattr(prepare, "EVAL_TOKENS", 10 * 32)  # 10 rows: batches of 4, 4 and a padded 2
+    monkeypatch.setattr(train, "DEVICE_BATCH_SIZE", 4)
+    tokenizer = prepare.Tokenizer.from_directory()
+    torch.manual_seed(0)
+    config = train.GPTConfig(sequence_len=32, vocab_size=tokenizer.get_vocab_size(), n_layer=2, n_head=2, n_embd=32,
+                             window_pattern="SL")
+    model = train.GPT(config)
+    model.init_weights()
+    model.attention.prepare(model.windows, 32, "cpu")
+    torch._dynamo.reset()
+    counters.clear()
+    compiled = torch.compile(model, dynamic=False, fullgraph=True, backend="aot_eager")
+    run = train.Run(torch.device("cpu"), bf16=False, seed=0, config=config, tokenizer=tokenizer, grad_accum=1)
+    x, y, _ = next(prepare.make_dataloader(tokenizer, 4, 32, "train", device="cpu"))
+    train.micro_step(run, compiled, x, y)
+    assert counters["stats"]["unique_graphs"] == 1
+    grads = [p.grad.clone() for p in model.parameters()]
+    bpb = train.evaluate(run, model, compiled, compiled=True)
+    assert counters["stats"]["unique_graphs"] == 1, "evaluation compiled a second graph"
+    assert bpb == pytest.approx(prepare.evaluate_bpb(model, tokenizer, 4), rel=1e-5)  # the eager model's score
+    assert all(torch.equal(p.grad, g) for p, g in zip(model.parameters(), grads))  # evaluation added no gradients
+    torch._dynamo.reset()
 
 # ---------------------------------------------------------------------------
 # Model pieces
