@@ -71,8 +71,8 @@ SPLIT_PATTERN = r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,2}| 
 SPECIAL_TOKENS = [f"<|reserved_{i}|>" for i in range(4)]
 BOS_TOKEN = SPECIAL_TOKENS[0]
 # BPE training reads at most this many characters from the train shards (in shard order; the shards are
-# shuffled, so this is a uniform sample). 500M chars take ~1 min on 16 cores; more barely changes the merges.
-TOKENIZER_MAX_CHARS = 500_000_000
+# shuffled, so this is a uniform sample). The upstream's figure: on the same shards, the same merges.
+TOKENIZER_MAX_CHARS = 1_000_000_000
 TOKENIZER_DOC_CHARS = 10_000         # only a document's head: a few huge documents must not dominate the counts
 TOKENIZER_PROGRESS_CHARS = 50_000_000
 SANITY_TEXT = "Hello world! Numbers: 123, 4567. Unicode: 你好, naïve café 🙂\n\tindented  spaces"
@@ -348,10 +348,28 @@ def _training_text(max_chars):
                     return
 
 
-def _check_round_trip(enc, token_bytes, text):
-    ids = enc.encode_ordinary(text)
-    if enc.decode(ids) != text or sum(token_bytes[i] for i in ids) != len(text.encode("utf-8")):
+def _check_round_trip(enc, text):
+    if enc.decode(enc.encode_ordinary(text)) != text:
         raise PrepareError(f"tokenizer: round trip failed on {text[:60]!r}")
+
+
+def token_byte_lengths(enc):
+    """Bytes each token counts for in bits per byte, as the upstream defines them: the UTF-8 length of the
+    token's decoded text, 0 for special tokens (which drops them from the metric). A token holding part of a
+    UTF-8 character decodes to U+FFFD and counts its 3 bytes, not its raw length: kept, so that val_bpb
+    stays comparable with the upstream's figures."""
+    specials = set(enc.special_tokens_set)
+    lengths = []
+    for i in range(enc.n_vocab):
+        text = enc.decode([i])
+        lengths.append(0 if text in specials else len(text.encode("utf-8")))
+    return lengths
+
+
+def _write_token_bytes(enc, path):
+    tmp = path + ".tmp"
+    torch.save(torch.tensor(token_byte_lengths(enc), dtype=torch.int32), tmp)
+    os.replace(tmp, path)
 
 
 def train_tokenizer(vocab_size=VOCAB_SIZE, max_chars=TOKENIZER_MAX_CHARS):
@@ -361,11 +379,14 @@ def train_tokenizer(vocab_size=VOCAB_SIZE, max_chars=TOKENIZER_MAX_CHARS):
     bytes_path = os.path.join(directory, "token_bytes.pt")
     if os.path.exists(pkl_path) and os.path.exists(bytes_path):
         with open(pkl_path, "rb") as f:
-            trained = pickle.load(f).n_vocab
-        if trained == vocab_size:
-            print(f"tokenizer: already trained at {directory} (vocab_size: {trained})")
+            trained = pickle.load(f)
+        if trained.n_vocab == vocab_size:
+            if torch.load(bytes_path).tolist() != token_byte_lengths(trained):  # written by an earlier definition
+                _write_token_bytes(trained, bytes_path)
+                print(f"tokenizer: rewrote {bytes_path} with the upstream's byte counts")
+            print(f"tokenizer: already trained at {directory} (vocab_size: {trained.n_vocab})")
             return
-        print(f"tokenizer: found vocab_size {trained}, VOCAB_SIZE is {vocab_size}; retraining")
+        print(f"tokenizer: found vocab_size {trained.n_vocab}, VOCAB_SIZE is {vocab_size}; retraining")
     min_vocab = 256 + len(SPECIAL_TOKENS)
     if vocab_size < min_vocab:
         raise PrepareError(f"VOCAB_SIZE = {vocab_size} is below byte level; it must be at least {min_vocab}")
@@ -382,19 +403,12 @@ def train_tokenizer(vocab_size=VOCAB_SIZE, max_chars=TOKENIZER_MAX_CHARS):
     if enc.n_vocab != vocab_size:  # tiny corpora run out of pairs to merge
         print(f"tokenizer: note: the text only supports {len(ranks) - 256} merges; vocab_size is {enc.n_vocab}, not {vocab_size}")
 
-    # Byte length of each token, for bits per byte. From the raw bytes, not decoded text: a token can
-    # hold part of a UTF-8 character. Special tokens count 0 bytes, which drops them from the metric.
-    token_bytes = [0] * enc.n_vocab
-    for piece, rank in ranks.items():
-        token_bytes[rank] = len(piece)
-    _check_round_trip(enc, token_bytes, SANITY_TEXT)
+    _check_round_trip(enc, SANITY_TEXT)
     for doc in itertools.islice(_training_text(1_000_000), 100):
-        _check_round_trip(enc, token_bytes, doc)
+        _check_round_trip(enc, doc)
 
     os.makedirs(directory, exist_ok=True)
-    tmp = bytes_path + ".tmp"
-    torch.save(torch.tensor(token_bytes, dtype=torch.int32), tmp)
-    os.replace(tmp, bytes_path)
+    _write_token_bytes(enc, bytes_path)
     _atomic_write_bytes(pkl_path, pickle.dumps(enc))
     print(f"tokenizer: trained in {time.time() - t0:.1f}s, vocab_size: {enc.n_vocab}, saved to {directory}")
 

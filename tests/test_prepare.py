@@ -66,10 +66,30 @@ def token_bytes(tiny_cache):
 
 @settings(deadline=None, max_examples=300)
 @given(text=st.text())
-def test_any_text_round_trips_and_its_tokens_cover_its_bytes(tokenizer, token_bytes, text):
+def test_any_text_round_trips_and_whole_character_tokens_cover_its_bytes(tokenizer, token_bytes, text):
     ids = tokenizer.encode(text)
     assert tokenizer.decode(ids) == text
-    assert int(token_bytes[ids].sum()) == len(text.encode("utf-8"))
+    # the upstream's byte counts: a token's decoded UTF-8 length, so they add up wherever no token splits a character
+    assert token_bytes[ids].tolist() == [len(tokenizer.decode([i]).encode("utf-8")) for i in ids]
+    if all("\ufffd" not in tokenizer.decode([i]) for i in ids):
+        assert int(token_bytes[ids].sum()) == len(text.encode("utf-8"))
+
+
+def test_a_token_that_splits_a_character_counts_as_the_upstream_counts_it(tokenizer, token_bytes):
+    lone_byte = tokenizer.enc.encode_single_token(bytes([0xE4]))  # the first byte of a 3-byte character
+    assert int(token_bytes[lone_byte]) == len("\ufffd".encode("utf-8")) == 3
+
+
+def test_token_bytes_of_an_earlier_definition_are_rewritten(tiny_cache, tmp_path, monkeypatch, capsys):
+    cache = tmp_path / "cache"
+    shutil.copytree(tiny_cache, cache)
+    monkeypatch.setenv("AUTORESEARCH_CACHE", str(cache))
+    path = cache / "tokenizer" / "token_bytes.pt"
+    good = torch.load(path)
+    torch.save(good + 1, path)
+    prepare.train_tokenizer(vocab_size=TINY_VOCAB_SIZE)
+    assert torch.equal(torch.load(path), good)
+    assert "rewrote" in capsys.readouterr().out
 
 
 def test_tokenizer_vocab_bos_and_token_bytes(tokenizer, token_bytes, use_tiny_cache):
