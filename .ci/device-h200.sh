@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# Issue 8 on one H200 (CI never runs this; BENCHMARKS.md §5 says how it was used). Runs the jobs named in
+# $JOBS one after the other, on a corpus built once on the host, and logs each under OUT_DIR:
+#   ours:NAME:BUDGET:cold|warm   this repo's train.py in a copy whose TIME_BUDGET is BUDGET seconds; "cold"
+#                                empties its compile caches first, "warm" keeps those of the last run
+#   upstream:NAME:BUDGET:cold|warm   the same through .upstream/run.sh, a local, uncommitted copy of
+#                                karpathy/autoresearch run offline (see BENCHMARKS.md §5), skipped if absent
+#   profile                      tests/bench_step.py on the default config: step time, kernel-time breakdown
+# Corpus: every .py file of the host's site-packages, split by file into train and a pinned val shard that
+# holds more than EVAL_TOKENS (~26 M tokens), so val_bpb scores EVAL_TOKENS exactly as the upstream does.
+# Usage: JOBS="ours:o-cold:10:cold ours:o-100:100:warm" bash .ci/device-h200.sh OUT_DIR   (carry .whl/)
+set -u
+OUT=${1:?usage: device-h200.sh OUT_DIR}; mkdir -p "$OUT"
+ROOT=$PWD
+export PYTHONUNBUFFERED=1 AUTORESEARCH_CACHE=/tmp/cache-big
+if ! python3 -c "import rustbpe" 2>/dev/null; then   # the GPU image lacks rustbpe: install the carried wheel
+  python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/rustbpe-*.whl || exit 1
+  export PYTHONPATH=/tmp/site
+fi
+export PYTHONPATH=$ROOT:${PYTHONPATH:-}
+{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader; python3 -c "import torch; print('torch', torch.__version__)"; nproc; } > "$OUT/host.txt"
+
+if [ ! -f /tmp/cache-big/tokenizer/token_bytes.pt ]; then
+  SECONDS_AT=$SECONDS
+  python3 - <<'PY' > "$OUT/corpus.log" 2>&1
+import hashlib, os, random, sysconfig
+import pyarrow as pa, pyarrow.parquet as pq
+site = sysconfig.get_paths()["purelib"]
+train, val = [], []
+for d, _, names in os.walk(site):
+    for n in sorted(names):
+        if n.endswith(".py"):
+            p = os.path.join(d, n)
+            try:
+                text = open(p, encoding="utf-8").read()
+            except (UnicodeDecodeError, OSError):
+                continue
+            if text.strip():
+                rel = os.path.relpath(p, site)
+                (val if int(hashlib.sha1(rel.encode()).hexdigest(), 16) % 5 == 0 else train).append((rel, text))
+for docs in (train, val):
+    docs.sort()
+    random.Random(1337).shuffle(docs)
+os.makedirs("/tmp/pysrc", exist_ok=True)
+pq.write_table(pa.table({"text": [t for _, t in train]}), "/tmp/pysrc/train.parquet")
+pq.write_table(pa.table({"text": [t for _, t in val]}), "/tmp/pysrc/shard_val.parquet")
+print(f"site-packages {site}: {len(train)} train files ({sum(len(t) for _, t in train)/1e6:.0f} M chars), "
+      f"{len(val)} val files ({sum(len(t) for _, t in val)/1e6:.0f} M chars)")
+PY
+  python3 prepare.py --source /tmp/pysrc >> "$OUT/corpus.log" 2>&1 || { echo "corpus failed"; tail "$OUT/corpus.log"; exit 1; }
+  echo "corpus built in $((SECONDS - SECONDS_AT)) s" >> "$OUT/corpus.log"
+fi
+
+run_ours() {  # NAME BUDGET cold|warm
+  local dir=/tmp/ours-$1
+  rm -rf "$dir"; mkdir -p "$dir"; cp prepare.py train.py "$dir/"
+  sed -i -E "s/^TIME_BUDGET = 300( |$)/TIME_BUDGET = $2\1/" "$dir/prepare.py"
+  [ "$3" = cold ] && rm -rf /tmp/cache-big/compile
+  local t0=$SECONDS
+  (cd "$dir" && python3 train.py) > "$OUT/$1.log" 2>&1
+  echo "rc $? wall_seconds $((SECONDS - t0))" >> "$OUT/$1.log"
+}
+
+for job in ${JOBS:?set JOBS}; do
+  IFS=: read -r side name budget caches <<< "$job"
+  echo "== $job at ${SECONDS}s"
+  case $side in
+    ours) run_ours "$name" "$budget" "$caches" ;;
+    upstream) [ -x .upstream/run.sh ] && .upstream/run.sh "$name" "$budget" "$caches" "$OUT" ;;
+    profile) python3 tests/bench_step.py > "$OUT/profile.log" 2>&1; echo "rc $?" >> "$OUT/profile.log" ;;
+  esac
+  grep -E "^(startup:|val_bpb|training_seconds|total_seconds|startup_seconds|eval_seconds|mfu_percent|num_steps|rc )" "$OUT/$name.log" 2>/dev/null
+done
+echo "== done at ${SECONDS}s"
