@@ -55,7 +55,7 @@ run_ours() {  # NAME BUDGET cold|warm
   local dir=/tmp/ours-$1
   rm -rf "$dir"; mkdir -p "$dir"; cp prepare.py train.py "$dir/"
   sed -i -E "s/^TIME_BUDGET = 300( |$)/TIME_BUDGET = $2\1/" "$dir/prepare.py"
-  [ "$3" = cold ] && rm -rf /tmp/cache-big/compile
+  [ "$3" = cold ] && rm -rf /tmp/cache-big/compile "${TORCHINDUCTOR_CACHE_DIR:-}" "${TRITON_CACHE_DIR:-}"
   local t0=$SECONDS
   (cd "$dir" && python3 train.py) > "$OUT/$1.log" 2>&1
   echo "rc $? wall_seconds $((SECONDS - t0))" >> "$OUT/$1.log"
