@@ -1,23 +1,32 @@
-"""GPUs for runners: count them with cuda-python (never torch: the plugin must stay light) and give
-each xdist worker its own CUDA_VISIBLE_DEVICES slice."""
+"""GPUs for runners: count them through the CUDA driver library itself (never torch, nor any package: the
+plugin must stay light and install anywhere) and give each xdist worker its own CUDA_VISIBLE_DEVICES slice."""
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
 from functools import cache
+
+CUDA_DRIVER_LIBRARIES = ("libcuda.so.1", "libcuda.so", "nvcuda.dll")
 
 
 @cache
 def device_count() -> int:
-    """Visible CUDA devices; 0 without a driver or without cuda-python."""
-    try:
-        from cuda.bindings import driver  # lazy: loading the driver library is slow and may fail
-        if driver.cuInit(0)[0] != driver.CUresult.CUDA_SUCCESS:
+    """CUDA devices the driver sees (honouring CUDA_VISIBLE_DEVICES); 0 where there is no NVIDIA driver,
+    as on a Mac or a CPU-only machine."""
+    names = list(CUDA_DRIVER_LIBRARIES) + [ctypes.util.find_library("cuda") or ""]
+    for name in filter(None, names):
+        try:
+            driver = ctypes.CDLL(name)
+        except OSError:
+            continue
+        count = ctypes.c_int(0)
+        # cuInit and cuDeviceGetCount return CUDA_SUCCESS (0) or an error code
+        if driver.cuInit(0) != 0 or driver.cuDeviceGetCount(ctypes.byref(count)) != 0:
             return 0
-        err, count = driver.cuDeviceGetCount()
-        return int(count) if err == driver.CUresult.CUDA_SUCCESS else 0
-    except Exception:  # ImportError, missing libcuda, ...
-        return 0
+        return count.value
+    return 0
 
 
 def worker_index(worker: str) -> int:

@@ -249,6 +249,12 @@ def test_device_count_without_a_driver_is_a_number():
     assert gpus.device_count() >= 0
 
 
+@pytest.mark.gpu
+def test_device_count_through_the_driver_library_agrees_with_torch():
+    import torch
+    assert gpus.device_count() == torch.cuda.device_count() > 0
+
+
 # ----------------------------------------------------------------------------
 # stale keeps under xdist
 
