@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny prepared cache (data shards + tokenizer) cut from the offline corpus."""
+"""Shared fixtures: a tiny prepared cache (data shards + tokenizer) built from generated documents, so that
+every test runs on a fresh clone with nothing beside it."""
 
 from __future__ import annotations
 
@@ -6,25 +7,20 @@ from pathlib import Path
 
 import pytest
 
-SHARED_CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
+from generated_corpus import generated_documents
+
 TINY_TRAIN_ROWS = 300
-TINY_VAL_ROWS = 60
+TINY_VAL_ROWS = 200
 TINY_VOCAB_SIZE = 512
 
-
 def write_corpus_slice(dest: Path, train_rows: int = TINY_TRAIN_ROWS, val_rows: int = TINY_VAL_ROWS) -> Path:
-    """A --source folder: the first rows of shard_00000 (train.parquet) and of shard_val (shard_val.parquet).
-
-    Skips the calling test when the shared corpus is absent."""
-    if not (SHARED_CORPUS / "shard_val.parquet").exists():
-        pytest.skip(f"shared corpus not found at {SHARED_CORPUS}")
+    """A --source folder of generated documents: train.parquet (train_rows) and shard_val.parquet (val_rows)."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     dest.mkdir(parents=True, exist_ok=True)
-    for name, out_name, rows in (("shard_00000.parquet", "train.parquet", train_rows),
-                                 ("shard_val.parquet", "shard_val.parquet", val_rows)):
-        table = pq.ParquetFile(SHARED_CORPUS / name).read_row_group(0, columns=["text"]).slice(0, rows)
-        pq.write_table(table, dest / out_name)
+    pq.write_table(pa.table({"text": generated_documents(train_rows, seed=1)}), dest / "train.parquet")
+    pq.write_table(pa.table({"text": generated_documents(val_rows, seed=2)}), dest / "shard_val.parquet")
     return dest
 
 
@@ -36,7 +32,7 @@ def make_corpus_slice():
 
 @pytest.fixture(scope="session")
 def tiny_source(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Folder of parquet files usable as `prepare.py --source`: ~300 train and 60 val documents."""
+    """Folder of parquet files usable as `prepare.py --source`: 300 train and 200 val documents."""
     return write_corpus_slice(tmp_path_factory.mktemp("tiny_source"))
 
 

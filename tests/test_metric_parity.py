@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import random
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -20,6 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import prepare
+from generated_corpus import generated_documents
 
 UPSTREAM_BATCH_SIZE = 128   # the upstream's DEVICE_BATCH_SIZE, and its tokenizer batch
 T = 64                      # a short row so that a few hundred rows cover many refills of the buffer
@@ -92,28 +92,14 @@ class Bigram(torch.nn.Module):
 # Generated data: a cache with train shards, a val shard and a tokenizer
 # ---------------------------------------------------------------------------
 
-WORDS = ["the", "a", "model", "loss", "token", "of", "to", "and", "in", "train", "gradient", "step", "batch",
-         "layer", "attention", "value", "we", "is", "it", "that", "for", "on", "with", "data", "rate"]
-
-
-def generated_docs(n, seed):
-    """Documents of widely varying length (a few words to a few hundred), like web text's spread."""
-    rng = random.Random(seed)
-    docs = []
-    for _ in range(n):
-        length = int(rng.paretovariate(1.2) * 8)
-        docs.append(" ".join(rng.choice(WORDS) for _ in range(min(length, 400))) + rng.choice([".", "!", "?\n"]))
-    return docs
-
-
 @pytest.fixture(scope="module")
 def parity_cache(tmp_path_factory):
     """A prepared cache: 4,000 train documents, and a val shard of 3,000 in row groups of 1,024 (as upstream)."""
     root = tmp_path_factory.mktemp("parity")
     source = root / "source"
     source.mkdir()
-    pq.write_table(pa.table({"text": generated_docs(4000, seed=1)}), source / "train.parquet")
-    pq.write_table(pa.table({"text": generated_docs(3000, seed=2)}), source / prepare.VAL_FILENAME)
+    pq.write_table(pa.table({"text": generated_documents(4000, seed=1)}), source / "train.parquet")
+    pq.write_table(pa.table({"text": generated_documents(3000, seed=2)}), source / prepare.VAL_FILENAME)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("AUTORESEARCH_CACHE", str(root / "cache"))
         prepare.build_from_source(source)
