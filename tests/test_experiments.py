@@ -50,7 +50,10 @@ def load_module(name: str, path: Path) -> ModuleType:
 
 score = load_module("skill_quality_score", SKILL_DIR / "score.py")
 mutate = load_module("skill_quality_mutate", SKILL_DIR / "mutate.py")
-SHIPPED = (SKILL_DIR / "SKILL.md").read_text(encoding="utf-8")
+# The SKILL.md this repo ships, as a fixture: the demo keeps its edits in the workspace's copy, and these
+# tests must pass after any number of demo iterations.
+SHIPPED_PATH = Path(__file__).parent / "fixtures" / "skill-quality-SKILL.md"
+SHIPPED = SHIPPED_PATH.read_text(encoding="utf-8")
 SKILL_TASK = yaml.safe_load((SKILL_DIR / "task.yaml").read_text(encoding="utf-8"))
 
 CONSTRUCTIVE_EDITS = [
@@ -85,8 +88,10 @@ def perfect_doc() -> str:
 
 @pytest.fixture
 def sandbox(tmp_path: Path) -> Path:
-    """A minimal sandbox root holding a copy of experiments/skill-quality."""
-    shutil.copytree(SKILL_DIR, tmp_path / "experiments" / "skill-quality", ignore=shutil.ignore_patterns("__pycache__"))
+    """A minimal sandbox root holding a copy of experiments/skill-quality, with the shipped SKILL.md."""
+    skill_dir = tmp_path / "experiments" / "skill-quality"
+    shutil.copytree(SKILL_DIR, skill_dir, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(SHIPPED_PATH, skill_dir / "SKILL.md")
     return tmp_path
 
 
@@ -218,7 +223,7 @@ def test_skill_quality_task_points_at_real_files() -> None:
 
 
 def test_score_script_output_is_deterministic_and_read_by_the_task_pattern() -> None:
-    command = [sys.executable, str(SKILL_DIR / "score.py")]
+    command = [sys.executable, str(SKILL_DIR / "score.py"), str(SHIPPED_PATH)]
     first = subprocess.run(command, capture_output=True, text=True, timeout=60, check=True, cwd=REPO)
     second = subprocess.run(command, capture_output=True, text=True, timeout=60, check=True, cwd=REPO)
     assert first.stdout == second.stdout
@@ -328,6 +333,7 @@ def test_mutator_is_reproducible_for_a_seed(tmp_path: Path) -> None:
     for copy in ("a", "b"):
         root = tmp_path / copy
         shutil.copytree(SKILL_DIR, root / "experiments" / "skill-quality", ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copy(SHIPPED_PATH, root / "experiments" / "skill-quality" / "SKILL.md")
         assert run_mutator(root, mutator_env(root, AUTORESEARCH_SEED="11")).returncode == 0
         outputs.append(((root / "experiments/skill-quality/SKILL.md").read_text(), (root / "description.txt").read_text()))
     assert outputs[0] == outputs[1]
