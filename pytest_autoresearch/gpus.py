@@ -29,6 +29,19 @@ def device_count() -> int:
     return 0
 
 
+def visible_count() -> int:
+    """GPUs a runner could be given: the entries of CUDA_VISIBLE_DEVICES where it is set, else the driver's count."""
+    inherited = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if inherited is not None:
+        return len([d for d in inherited.split(",") if d.strip()])
+    return device_count()
+
+
+def auto_gpus() -> int:
+    """runner.gpus: auto: one GPU where one exists, none otherwise (a CPU machine, a Mac)."""
+    return 1 if visible_count() > 0 else 0
+
+
 def worker_index(worker: str) -> int:
     return int(worker[2:]) if worker.startswith("gw") and worker[2:].isdigit() else 0
 

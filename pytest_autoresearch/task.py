@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from .gpus import auto_gpus
 from .policy import Policy, make_policy
 
 WORKSPACE = "workspace"  # `mutator: workspace`: the candidate is the edit already in the workspace
@@ -164,7 +165,12 @@ def load_task(path: Path, rootdir: Path) -> Task:
     runner = _mapping(data["runner"], "runner", RUNNER_KEYS, fail)
     runner_command = _command(runner, "runner", fail)
     runner_timeout = _number(runner, "timeout", DEFAULT_RUNNER_TIMEOUT, "runner", fail)
-    gpus = _number(runner, "gpus", 0, "runner", fail, integer=True)
+    if runner.get("gpus") == "auto":
+        gpus = auto_gpus()
+    elif isinstance(runner.get("gpus"), str):
+        raise fail("runner.gpus", f"must be an integer >= 0 or 'auto', got {runner['gpus']!r}")
+    else:
+        gpus = _number(runner, "gpus", 0, "runner", fail, integer=True)
 
     scorer = _mapping(data["scorer"], "scorer", SCORER_KEYS, fail)
     metric = scorer.get("metric")

@@ -249,6 +249,17 @@ def test_device_count_without_a_driver_is_a_number():
     assert gpus.device_count() >= 0
 
 
+@pytest.mark.parametrize(("visible", "expected"), [("", 0), ("3", 1), ("0,1,2", 1)])
+def test_runner_gpus_auto_is_one_gpu_where_one_is_visible_and_none_otherwise(tmp_path, monkeypatch, visible, expected):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+    assert task_at(tmp_path, runner={"gpus": "auto"}).gpus == expected
+
+
+def test_runner_gpus_of_another_word_is_a_clear_error(tmp_path):
+    with pytest.raises(TaskError, match=r"runner\.gpus: must be an integer >= 0 or 'auto', got 'all'"):
+        task_at(tmp_path, runner={"gpus": "all"})
+
+
 @pytest.mark.gpu
 def test_device_count_through_the_driver_library_agrees_with_torch():
     import torch

@@ -150,7 +150,7 @@ def test_task_yaml_uses_only_v1_keys_with_valid_values(task_file: Path) -> None:
     assert mutator == "workspace" or (isinstance(mutator, dict) and isinstance(mutator["command"], str))
     runner = task["runner"]
     assert isinstance(runner["command"], str) and isinstance(runner["timeout"], int) and runner["timeout"] > 0
-    assert runner.get("gpus", 0) in (0, 1)
+    assert runner.get("gpus", 0) in (0, 1, "auto")
     scorer = task["scorer"]
     assert re.compile(scorer["pattern"]).groups >= 1
     assert scorer["direction"] in ("minimize", "maximize")
@@ -165,7 +165,7 @@ def test_train_bpb_judges_the_workspace_edit_with_the_ten_minute_kill_rule() -> 
     task = yaml.safe_load((EXPERIMENTS / "train-bpb" / "task.yaml").read_text(encoding="utf-8"))
     assert task["artifacts"] == ["train.py"] and task["protected"] == ["prepare.py"]
     assert task["mutator"] == "workspace"
-    assert task["runner"] == {"command": "python train.py", "timeout": 600, "gpus": 1}
+    assert task["runner"] == {"command": "python train.py", "timeout": 600, "gpus": "auto"}
     assert task["scorer"]["metric"] == "val_bpb" and task["scorer"]["direction"] == "minimize"
     assert task["policy"]["kind"] == "greedy"
 
@@ -175,7 +175,7 @@ def test_train_bpb_search_uses_the_hparams_mutator_and_the_noise_aware_policy() 
     assert shlex.split(task["mutator"]["command"])[:3] == ["python", "-m", "pytest_autoresearch.mutators.hparams"]
     assert task["mutation"] == {"max_files": 1, "max_lines": 4}
     assert task["policy"] == {"kind": "noise-aware", "repeats": 3, "confidence": 0.95, "min_delta": 0.0}
-    assert task["runner"]["gpus"] == 1 and task["runner"]["timeout"] == 600
+    assert task["runner"]["gpus"] == "auto" and task["runner"]["timeout"] == 600
 
 
 def test_train_bpb_search_mutator_never_touches_device_batch_size(tmp_path: Path) -> None:
