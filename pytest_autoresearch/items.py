@@ -13,6 +13,7 @@ from .engine import Engine
 from .iteration import run_iteration
 from .results import Record
 from .task import Task, TaskError, load_task
+from .workspace import Snapshot
 
 LOG_TAIL_LINES = 30
 FAILING = ("crash", "rejected", "interrupted")
@@ -102,7 +103,11 @@ class TaskFile(pytest.File):
         except TaskError as error:
             yield InvalidTaskItem.from_parent(self, name="invalid", error=error)
             return
-        since = self.config.pluginmanager.get_plugin("autoresearch-session").engine.results.last_iteration(task.name)
+        engine = self.config.pluginmanager.get_plugin("autoresearch-session").engine
+        if self.config.getoption("autoresearch_reset") and task.workspace_mode:
+            # before any iteration: under xdist every worker collects before the first item is scheduled
+            Snapshot(engine.state_dir, task).forget()
+        since = engine.results.last_iteration(task.name)
         iterations = self.config.getoption("autoresearch_iterations")
         if iterations == 0:  # one endless loop per xdist worker, so -n N still runs N iterations at once
             workers = getattr(self.config, "workerinput", {}).get("workercount", 1)

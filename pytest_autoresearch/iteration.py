@@ -19,7 +19,7 @@ from .process import run_logged
 from .results import Record, mean
 from .sandbox import Content, Link, copy_tree, hash_contents, read_contents, scan
 from .task import Task
-from .workspace import Snapshot, apply_contents, git_commit, git_head_contents, protected_hashes
+from .workspace import Snapshot, apply_contents, git_commit, git_head, git_head_contents, protected_hashes
 
 DESCRIPTION_MAX_CHARS = 300
 SETTLED = ("keep", "discard", "rejected")  # set only once the workspace is final for the iteration
@@ -197,13 +197,16 @@ def _workspace_iteration(engine: Engine, task: Task, record: Record, scratch: Pa
     candidate = read_contents(sandbox, [rel for rel in before if task.is_artifact(rel)])
     protected_now = protected_hashes(task, read_contents(sandbox, [rel for rel in before if task.is_protected(rel)]))
     snapshot = Snapshot(engine.state_dir, task)
-    saved = snapshot.load()
-    if saved is None:  # first run: HEAD's state, else the workspace as found; protected files that HEAD
-        # lacks (untracked data, caches) count as they are now, not as changed
+    saved, head = snapshot.load(), git_head(task.rootdir)
+    if saved is None or (head is not None and saved[2] != head):
+        # first run, or the user committed since the last one (a new HEAD is a new baseline): HEAD's state,
+        # else the workspace as found; protected files HEAD lacks (untracked data, caches) count as they are now
+        if saved is not None:
+            record.baseline_from = f"git HEAD {head[:12]}"
         baseline, head_protected = git_head_contents(task) or (candidate, protected_now)
-        saved = (baseline, {**protected_now, **head_protected})
+        saved = (baseline, {**protected_now, **head_protected}, head)
         snapshot.save(*saved)
-    baseline, protected_then = saved
+    baseline, protected_then, _ = saved
     record.baseline_hash = hash_contents(baseline)
     if not engine.ensure_baseline(task, record, sandbox, baseline, scratch, extra_env):
         return
@@ -224,9 +227,11 @@ def _workspace_iteration(engine: Engine, task: Task, record: Record, scratch: Pa
     decision = engine.score_runs(task, record, sandbox, log, record.baseline_scores, extra_env)
     with held_signals():
         if decision is not None and decision.verdict == "keep":
-            snapshot.save(candidate, protected_now)
+            snapshot.save(candidate, protected_now, head)
             record.status, record.reason = decision.verdict, decision.reason
             _commit(engine, task, record, [c.path for c in changes])
+            if record.commit:  # our own commit is no new baseline from the user
+                snapshot.save(candidate, protected_now, record.commit)
         else:
             apply_contents(task.rootdir, restore)
             if decision is not None:

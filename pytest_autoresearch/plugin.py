@@ -24,6 +24,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="results file (default: work/results.jsonl under the rootdir)")
     group.addoption("--autoresearch-commit", action="store_true", default=False,
                     help="git-commit each kept candidate; the record holds the commit hash")
+    group.addoption("--autoresearch-reset", action="store_true", default=False,
+                    help="forget the stored workspace baselines of the tasks run (mutator: workspace): they are "
+                         "taken from git HEAD again; results and logs are kept")
     group.addoption("--autoresearch-fail-on-discard", action="store_true", default=False,
                     help="a discarded candidate fails its item (CI gating)")
 

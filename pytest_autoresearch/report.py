@@ -177,9 +177,14 @@ def task_markdown(task: str, records: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
 def report_markdown(tasks: dict[str, list[dict]], source: Path) -> str:
     total = sum(map(len, tasks.values()))
-    head = f"# autoresearch report\n\n`{source}`: {total} records, {len(tasks)} tasks. Plot: progress.png.\n"
+    head = (f"# autoresearch report\n\n`{source}`: {_count(total, 'record')}, {_count(len(tasks), 'task')}. "
+            f"Plot: progress.png.\n")
     return head + "".join("\n" + task_markdown(task, records) for task, records in tasks.items())
 
 

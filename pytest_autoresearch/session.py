@@ -55,6 +55,7 @@ class TaskSummary:
     baseline: float | None = None  # what the session's first iteration was judged against
     start_hash: str | None = None  # the artifacts the session started from (its first judged baseline)
     best: float | None = None  # best kept score
+    baseline_from: str | None = None  # a new git HEAD this session took as the workspace baseline
 
     def add(self, record: dict[str, Any]) -> None:
         self.direction = record["direction"]
@@ -63,6 +64,7 @@ class TaskSummary:
             self.baseline = record.get("baseline_score")
         if self.start_hash is None:
             self.start_hash = record.get("baseline_hash")
+        self.baseline_from = record.get("baseline_from") or self.baseline_from
         score = record.get("score")
         if record["status"] == "keep" and score is not None:
             better = self.best is None or (score > self.best if self.direction == "maximize" else score < self.best)
@@ -173,6 +175,9 @@ class AutoresearchSession:
             tr.write_line(f"{name:<24} {sum(s.counts.values()):>5} " + " ".join(f"{c:>5}" for c in cells) +
                           f" {_num(base):>12} {_num(best):>12} {delta:>10}")
         for name in sorted(summaries):
+            if summaries[name].baseline_from:
+                tr.write_line(f"{name}: new baseline from {summaries[name].baseline_from}, committed since the "
+                              f"last run (the stored baseline after earlier keeps was replaced)", yellow=True)
             if (warning := self.reverted(name, summaries[name].start_hash)) is not None:
                 tr.write_line(warning, yellow=True)
             if (stopped := crash_stop(self.config, self.engine, name, self.since.get(name, 0))) is not None:

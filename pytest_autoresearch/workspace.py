@@ -56,25 +56,32 @@ def _sha(content: Content) -> str:
 
 
 class Snapshot:
-    """work/autoresearch/baselines/<task>.json: the artifacts' content and the protected files' hashes."""
+    """work/autoresearch/baselines/<task>.json: the artifacts' content, the protected files' hashes, and the git
+    HEAD it was taken at (a HEAD that moved since means the user committed a new baseline)."""
 
     def __init__(self, state_dir: Path, task: Task) -> None:
         self.path = state_dir / "baselines" / f"{task.name}.json"
 
-    def load(self) -> tuple[dict[str, Content], dict[str, str]] | None:
+    def load(self) -> tuple[dict[str, Content], dict[str, str], str | None] | None:
         try:
             data = json.loads(self.path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             return None
         files = {rel: Link(v["link"]) if "link" in v else base64.b64decode(v["b64"]) for rel, v in data["files"].items()}
-        return files, dict(data["protected"])
+        return files, dict(data["protected"]), data.get("head")
 
-    def save(self, files: Mapping[str, Content], protected: Mapping[str, str]) -> None:
+    def save(self, files: Mapping[str, Content], protected: Mapping[str, str], head: str | None) -> None:
         data = {"files": {rel: {"link": c.target} if isinstance(c, Link) else {"b64": base64.b64encode(c).decode()}
                           for rel, c in sorted(files.items())},
-                "protected": dict(sorted(protected.items()))}
+                "protected": dict(sorted(protected.items())), "head": head}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(self.path, json.dumps(data))
+
+    def forget(self) -> bool:
+        """--autoresearch-reset: drop the snapshot, so the next run takes its baseline from git HEAD again."""
+        existed = self.path.exists()
+        self.path.unlink(missing_ok=True)
+        return existed
 
 
 def protected_hashes(task: Task, contents: Mapping[str, Content]) -> dict[str, str]:
@@ -87,6 +94,12 @@ def protected_hashes(task: Task, contents: Mapping[str, Content]) -> dict[str, s
 
 def _git(root: Path, *args: str, input: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run(["git", "-C", str(root), *args], input=input, capture_output=True, check=False)
+
+
+def git_head(root: Path) -> str | None:
+    """The commit HEAD names, or None outside a repository with commits."""
+    proc = _git(root, "rev-parse", "--verify", "-q", "HEAD")
+    return proc.stdout.decode().strip() if proc.returncode == 0 else None
 
 
 def git_head_contents(task: Task) -> tuple[dict[str, Content], dict[str, str]] | None:

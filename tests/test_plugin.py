@@ -245,6 +245,57 @@ def test_workspace_mode_baseline_from_git_head_ignores_untracked_protected_files
     research().stdout.fnmatch_lines(["*rejected: protected file changed: data/cache.bin*"])
 
 
+def git_commit_all(pytester: pytest.Pytester, message: str) -> None:
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    if not (pytester.path / ".git").exists():
+        pytester.run("git", "init", "-q")
+    pytester.run(*git, "add", "-A")
+    assert pytester.run(*git, "commit", "-qm", message).ret == 0
+
+
+def test_workspace_mode_a_new_commit_is_a_new_baseline_and_the_summary_says_so(pytester, research):
+    write_task(pytester.path, spec={"mutator": "workspace"})
+    git_commit_all(pytester, "init")  # value 1
+    (pytester.path / "experiments/t/value.txt").write_text("5\n")
+    research()
+    assert [r["status"] for r in records(pytester.path)] == ["baseline", "keep"]
+    # the user shrinks the task for a small computer and commits it: judged against that, not the old keep
+    (pytester.path / "experiments/t/value.txt").write_text("2\n")
+    git_commit_all(pytester, "my own baseline")
+    (pytester.path / "experiments/t/value.txt").write_text("3\n")
+    result = research()
+    last = records(pytester.path)[-1]
+    assert last["status"] == "keep" and last["baseline_score"] == 2 and last["baseline_from"].startswith("git HEAD ")
+    result.stdout.fnmatch_lines(["t: new baseline from git HEAD *, committed since the last run*"])
+    (pytester.path / "experiments/t/value.txt").write_text("4\n")
+    result = research()  # HEAD unchanged since: the keep of 3 is the baseline, and nothing is said
+    assert records(pytester.path)[-1]["baseline_score"] == 3 and records(pytester.path)[-1]["baseline_from"] is None
+    assert "new baseline from" not in result.stdout.str()
+
+
+def test_workspace_mode_our_own_commit_of_a_keep_is_not_a_new_baseline(pytester, research):
+    write_task(pytester.path, spec={"mutator": "workspace"})
+    git_commit_all(pytester, "init")
+    (pytester.path / "experiments/t/value.txt").write_text("5\n")
+    research("--autoresearch-commit")
+    (pytester.path / "experiments/t/value.txt").write_text("6\n")
+    result = research("--autoresearch-commit")
+    assert records(pytester.path)[-1]["baseline_from"] is None and "new baseline from" not in result.stdout.str()
+
+
+def test_reset_forgets_the_stored_workspace_baseline_and_keeps_the_results(pytester, research):
+    write_task(pytester.path, spec={"mutator": "workspace"})
+    git_commit_all(pytester, "init")  # value 1
+    (pytester.path / "experiments/t/value.txt").write_text("5\n")
+    research()  # kept, not committed: the stored baseline is now 5
+    (pytester.path / "experiments/t/value.txt").write_text("3\n")
+    assert research().ret == 0 and records(pytester.path)[-1]["status"] == "discard"  # 3 < 5
+    (pytester.path / "experiments/t/value.txt").write_text("3\n")
+    research("--autoresearch-reset")  # judged against HEAD's 1 again
+    statuses = [r["status"] for r in records(pytester.path)]
+    assert statuses == ["baseline", "keep", "discard", "keep"] and records(pytester.path)[-1]["baseline_score"] == 1
+
+
 # ----------------------------------------------------------------------------
 # Command line, reports, inertness
 

@@ -138,6 +138,7 @@ def test_single_task_tsv_has_plain_descriptions(tmp_path: Path) -> None:
     assert rows[1:] == ["0123456\t1.000000\t44.0\tkeep\tbaseline",
                         "abcdef0\t0.990000\t45.0\tkeep\tMATRIX_LR 0.04 → 0.05"]
     assert _png_size(tmp_path / "progress.png") == (1400, 500)
+    assert "2 records, 1 task." in (tmp_path / "report.md").read_text(encoding="utf-8")  # singular where it is one
 
 
 def test_cli_defaults_to_the_results_folder(results: Path) -> None:
