@@ -12,11 +12,16 @@ import pytest
 from .engine import Engine
 from .iteration import run_iteration
 from .results import Record
-from .task import Task, TaskError, load_task
+from .sandbox import scan
+from .task import Task, TaskError, load_task, unmatched_globs
 from .workspace import Snapshot
 
 LOG_TAIL_LINES = 30
 FAILING = ("crash", "rejected", "interrupted")
+
+
+class TaskWarning(pytest.PytestWarning):
+    """A task.yaml that loads but probably does not say what was meant (a glob that matches nothing)."""
 
 
 class IterationFailed(Exception):
@@ -98,12 +103,14 @@ class TaskFile(pytest.File):
     """A task.yaml: yields `<task>[1]` ... `<task>[N]`, N from --autoresearch-iterations."""
 
     def collect(self) -> Iterator[pytest.Item]:
+        engine = self.config.pluginmanager.get_plugin("autoresearch-session").engine
         try:
-            task = load_task(self.path, self.config.rootpath)
+            task = load_task(self.path, engine.rootdir)
         except TaskError as error:
             yield InvalidTaskItem.from_parent(self, name="invalid", error=error)
             return
-        engine = self.config.pluginmanager.get_plugin("autoresearch-session").engine
+        for unmatched in unmatched_globs(task, scan(engine.rootdir)):
+            self.warn(TaskWarning(f"{engine.shown(self.path)}: {unmatched} matches no file under {engine.rootdir}"))
         if self.config.getoption("autoresearch_reset") and task.workspace_mode:
             # before any iteration: under xdist every worker collects before the first item is scheduled
             Snapshot(engine.state_dir, task).forget()

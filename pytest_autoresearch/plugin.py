@@ -5,9 +5,7 @@ from __future__ import annotations
 import pytest
 
 from .engine import Engine
-from .session import SESSION_PLUGIN_NAME, AutoresearchSession, Options
-
-DEFAULT_TASK_DIR = "experiments"
+from .session import SESSION_PLUGIN_NAME, TASK_DIR, AutoresearchSession, Options
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -32,12 +30,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    options = Options.from_config(config)
-    if not options.enabled:
+    if not config.getoption("autoresearch"):
         return
     if config.args_source != pytest.Config.ArgsSource.ARGS:  # no paths given: research experiments/
-        config.args = [str(config.rootpath / DEFAULT_TASK_DIR)]
-    config.pluginmanager.register(AutoresearchSession(config, options), SESSION_PLUGIN_NAME)
+        config.args = [str(config.rootpath / TASK_DIR)]
+    config.pluginmanager.register(AutoresearchSession(config, Options.from_config(config)), SESSION_PLUGIN_NAME)
 
 
 @pytest.fixture(scope="session")

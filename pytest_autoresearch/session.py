@@ -15,6 +15,7 @@ from .items import IterationItem, TaskFile, crash_stop
 from .results import ResultsStore
 
 TASK_FILE = "task.yaml"
+TASK_DIR = "experiments"  # where tasks live, below the folder they run in
 SESSION_PLUGIN_NAME = "autoresearch-session"
 REPORT_FILES = ("report.md", "progress.png", "results.tsv")  # what `python -m pytest_autoresearch.report` writes
 
@@ -26,6 +27,8 @@ class Options:
     iterations: int  # 0: until interrupted
     patience: int  # 0: off
     max_crashes: int  # 0: off
+    rootdir: Path  # the folder tasks run in: artifact globs, commands, sandboxes and work/ are relative to it
+    rootdir_why: str
     results: Path
     commit: bool
     fail_on_discard: bool
@@ -39,12 +42,27 @@ class Options:
             raise pytest.UsageError(f"--autoresearch-iterations, --autoresearch-patience and "
                                     f"--autoresearch-max-crashes must be >= 0, got {iterations}, {patience} "
                                     f"and {max_crashes}")
+        rootdir, why = research_root(config)
         results = config.getoption("autoresearch_results")
-        path = (config.invocation_params.dir / results) if results else config.rootpath / "work" / "results.jsonl"
+        path = (config.invocation_params.dir / results) if results else rootdir / "work" / "results.jsonl"
         return cls(enabled=config.getoption("autoresearch"), iterations=iterations, patience=patience,
-                   max_crashes=max_crashes, results=path.resolve(),
+                   max_crashes=max_crashes, rootdir=rootdir, rootdir_why=why, results=path.resolve(),
                    commit=config.getoption("autoresearch_commit"),
                    fail_on_discard=config.getoption("autoresearch_fail_on_discard"))
+
+
+def research_root(config: pytest.Config) -> tuple[Path, str]:
+    """(the folder tasks run in, why it): the folder holding the experiments/ folder that the first task path
+    lies in, else pytest's rootdir (where its config file is, or the invocation folder). So running from a
+    parent folder neither runs commands there nor copies its unrelated trees into sandboxes."""
+    for arg in config.args:
+        path = (config.invocation_params.dir / arg.split("::")[0]).resolve()
+        for folder in (path, *path.parents):
+            if folder.name == TASK_DIR:
+                return folder.parent, f"the folder holding {TASK_DIR}/"
+    if config.inipath is not None:
+        return config.rootpath.resolve(), f"where {config.inipath.name} is"
+    return config.rootpath.resolve(), "pytest's rootdir"
 
 
 @dataclass
@@ -76,7 +94,7 @@ class AutoresearchSession:
         self.config = config
         self.options = options
         worker = getattr(config, "workerinput", {}).get("workerid", "main")
-        self.engine = Engine(rootdir=config.rootpath.resolve(), results=ResultsStore(options.results),
+        self.engine = Engine(rootdir=options.rootdir, results=ResultsStore(options.results),
                              worker=worker, commit=options.commit)
         # each task's last iteration before this session: the summary covers the ones after
         self.since: dict[str, int] = {}
@@ -86,6 +104,9 @@ class AutoresearchSession:
         self.heads_at_start = self.engine.results.heads()  # read before any worker can keep
         self.terminate = TerminateAsInterrupt()
         self.interrupted: str | None = None
+
+    def pytest_report_header(self, config: pytest.Config) -> str:
+        return f"autoresearch: tasks run in {self.options.rootdir} ({self.options.rootdir_why})"
 
     # ------------------------------------------------------------------------
     # Stopping: SIGTERM is a Ctrl-C while the session runs

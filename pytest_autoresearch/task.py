@@ -7,7 +7,7 @@ so an agent (or a human) can fix the file without reading a traceback.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -72,6 +72,13 @@ class Task:
 # of folders, a trailing `/` means everything below that folder. (fnmatch lets `*` cross `/`.)
 
 _GLOB_CACHE: dict[str, re.Pattern[str]] = {}
+
+
+def unmatched_globs(task: Task, paths: Iterable[str]) -> list[str]:
+    """'artifacts: x' for each glob of the task that names none of these repo-relative paths."""
+    paths = list(paths)
+    return [f"{key}: {glob!r}" for key, globs in (("artifacts", task.artifacts), ("protected", task.protected))
+            for glob in globs if not any(glob_regex(glob).match(p) for p in paths)]
 
 
 def glob_regex(glob: str) -> re.Pattern[str]:
@@ -253,6 +260,7 @@ def _globs(value: Any, key: str, fail, required: bool) -> tuple[str, ...]:
     if not isinstance(value, list) or (required and not value):
         raise fail(key, f"must be a non-empty list of repo-relative globs, got {value!r}" if required
                    else f"must be a list of repo-relative globs, got {value!r}")
+    value = [glob[2:] if isinstance(glob, str) and glob.startswith("./") else glob for glob in value]  # ./x is x
     for glob in value:
         if not isinstance(glob, str) or not glob.strip():
             raise fail(key, f"each entry must be a non-empty string, got {glob!r}")

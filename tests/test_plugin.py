@@ -297,6 +297,35 @@ def test_reset_forgets_the_stored_workspace_baseline_and_keeps_the_results(pytes
 
 
 # ----------------------------------------------------------------------------
+# Names and paths as a user types them
+
+
+def test_a_dot_slash_glob_means_the_same_path(pytester, research):
+    write_task(pytester.path, spec={"artifacts": ["./experiments/t/value.txt"]})
+    research()
+    assert records(pytester.path)[-1]["status"] == "keep" and value(pytester) == "2\n"
+
+
+def test_a_glob_that_matches_no_file_warns_when_the_task_loads(pytester, research):
+    write_task(pytester.path, spec={"artifacts": ["experiments/t/value.txt", "src/*.py"], "protected": ["data/"]})
+    result = research("-W", "default")
+    result.stdout.fnmatch_lines(["*TaskWarning: experiments/t/task.yaml: artifacts: 'src/*.py' matches no file*",
+                                 "*TaskWarning: experiments/t/task.yaml: protected: 'data/' matches no file*"])
+    assert records(pytester.path)[-1]["status"] == "keep"  # a warning, not an error
+
+
+def test_run_from_a_parent_folder_works_in_the_folder_holding_experiments(pytester, research):
+    project = pytester.path / "project"
+    write_task(project)
+    (pytester.path / "unrelated").mkdir()
+    (pytester.path / "unrelated" / "big.bin").write_bytes(b"x" * 1000)
+    result = research("project/experiments/t")
+    result.stdout.fnmatch_lines([f"autoresearch: tasks run in {project} (the folder holding experiments/)"])
+    assert records(project)[-1]["status"] == "keep" and (project / "experiments/t/value.txt").read_text() == "2\n"
+    assert not (pytester.path / "work").exists()
+
+
+# ----------------------------------------------------------------------------
 # Command line, reports, inertness
 
 
