@@ -34,7 +34,7 @@ import tiktoken
 import torch
 
 # ---------------------------------------------------------------------------
-# Constants (fixed, do not modify)
+# The fixed sizes every run shares (changing one makes results incomparable)
 # ---------------------------------------------------------------------------
 
 MAX_SEQ_LEN = 2048          # context length of the model and of evaluation
@@ -43,7 +43,7 @@ EVAL_TOKENS = 40 * 524288   # validation tokens behind val_bpb (~21M)
 VOCAB_SIZE = 8192           # lower it on a small computer; 260 = byte level (256 bytes + 4 special tokens)
 
 # ---------------------------------------------------------------------------
-# Configuration
+# Where data comes from, and how it is cut and tokenized
 # ---------------------------------------------------------------------------
 
 # Default data: the upstream's pre-shuffled web text, as parquet shards with a `text` column.
@@ -118,7 +118,7 @@ def _atomic_write_bytes(path, payload):
     os.replace(tmp, path)
 
 # ---------------------------------------------------------------------------
-# Data download
+# Fetching the upstream's shards
 # ---------------------------------------------------------------------------
 
 def _fetch_once(url, dest):
@@ -328,7 +328,7 @@ def build_from_source(source):
           f"from {len(files)} files in {time.time() - t0:.1f}s")
 
 # ---------------------------------------------------------------------------
-# Tokenizer training
+# BPE: train the merges, record each token's byte count
 # ---------------------------------------------------------------------------
 
 def _training_text(max_chars):
@@ -413,7 +413,7 @@ def train_tokenizer(vocab_size=VOCAB_SIZE, max_chars=TOKENIZER_MAX_CHARS):
     print(f"tokenizer: trained in {time.time() - t0:.1f}s, vocab_size: {enc.n_vocab}, saved to {directory}")
 
 # ---------------------------------------------------------------------------
-# Runtime utilities (imported by train.py)
+# What train.py uses at run time: the tokenizer and its byte counts
 # ---------------------------------------------------------------------------
 
 class Tokenizer:
@@ -631,11 +631,11 @@ def evaluate_bpb(model, tokenizer, batch_size):
     return total_nats.item() / (math.log(2) * total_bytes.item())
 
 # ---------------------------------------------------------------------------
-# Main
+# Command line
 # ---------------------------------------------------------------------------
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description="Prepare data and tokenizer for autoresearch")
+    parser = argparse.ArgumentParser(description="Fetch or build the data shards and train the tokenizer, once")
     parser.add_argument("--num-shards", type=int, default=10, help="train shards to download (-1 = all); the val shard is always fetched")
     parser.add_argument("--download-workers", type=int, default=8, help="parallel downloads")
     parser.add_argument("--source", metavar="DIR", help="build the shards from a local folder of parquet/jsonl/text files instead")

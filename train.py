@@ -190,25 +190,28 @@ class CausalSelfAttention(nn.Module):
         return self.c_proj(y.reshape(B, T, C))
 
 
-class MLP(nn.Module):
+class FeedForward(nn.Module):
+    """Widen 4x, square the positive part (ReLU², sparse and cheap), narrow back."""
+
     def __init__(self, config):
         super().__init__()
-        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=False)
-        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=False)
+        hidden = 4 * config.n_embd
+        self.up = nn.Linear(config.n_embd, hidden, bias=False)
+        self.down = nn.Linear(hidden, config.n_embd, bias=False)
 
     def forward(self, x):
-        return self.c_proj(F.relu(self.c_fc(x)).square())  # ReLU^2
+        return self.down(F.relu(self.up(x)).square())
 
 
 class Block(nn.Module):
     def __init__(self, config, layer_idx, attention):
         super().__init__()
         self.attn = CausalSelfAttention(config, layer_idx, attention)
-        self.mlp = MLP(config)
+        self.ffn = FeedForward(config)
 
     def forward(self, x, ve, cos, sin, window):
         x = x + self.attn(norm(x), ve, cos, sin, window)
-        return x + self.mlp(norm(x))
+        return x + self.ffn(norm(x))
 
 
 class GPT(nn.Module):
@@ -243,10 +246,10 @@ class GPT(nn.Module):
         nn.init.normal_(self.lm_head.weight, std=0.001)
         bound = (3 / self.config.n_embd) ** 0.5  # uniform with std 1/sqrt(n_embd)
         for block in self.blocks:
-            for lin in (block.attn.c_q, block.attn.c_k, block.attn.c_v, block.mlp.c_fc):
+            for lin in (block.attn.c_q, block.attn.c_k, block.attn.c_v, block.ffn.up):
                 nn.init.uniform_(lin.weight, -bound, bound)
             nn.init.zeros_(block.attn.c_proj.weight)  # every block starts as the identity
-            nn.init.zeros_(block.mlp.c_proj.weight)
+            nn.init.zeros_(block.ffn.down.weight)
             if block.attn.ve_gate is not None:
                 nn.init.zeros_(block.attn.ve_gate.weight)
         for ve in self.value_embeds.values():
