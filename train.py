@@ -468,10 +468,11 @@ def use_persistent_compile_cache():
     """Keep torch.compile's caches (Inductor's compiled graphs and autotuning, Triton's kernels) beside the data,
     not in /tmp: a later experiment with the same graphs then loads them instead of compiling again.
     $TORCHINDUCTOR_CACHE_DIR and $TRITON_CACHE_DIR, if set, win. Returns the Inductor cache folder."""
-    import torch._functorch.config
-    import torch._inductor.config
     inductor = os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.join(cache_dir(), "compile", "inductor"))
     os.environ.setdefault("TRITON_CACHE_DIR", os.path.join(cache_dir(), "compile", "triton"))
+    # only now: importing Inductor's config writes its /tmp default into the environment when none is set
+    import torch._functorch.config
+    import torch._inductor.config
     torch._inductor.config.fx_graph_cache = True          # compiled graphs, keyed by graph and config
     torch._functorch.config.enable_autograd_cache = True  # the forward/backward split around them
     return inductor

@@ -165,6 +165,16 @@ def test_the_cpu_memory_bound_is_below_what_a_real_step_takes():
     assert 0 < bound - optimizer_states <= grown
 
 
+def test_compile_caches_live_beside_the_data_unless_the_environment_says_otherwise(tmp_path, monkeypatch):
+    monkeypatch.setenv("AUTORESEARCH_CACHE", str(tmp_path))
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    monkeypatch.delenv("TRITON_CACHE_DIR", raising=False)
+    assert train.use_persistent_compile_cache() == str(tmp_path / "compile" / "inductor")
+    assert os.environ["TRITON_CACHE_DIR"] == str(tmp_path / "compile" / "triton")
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "/elsewhere")  # a user's (or an image's) choice wins
+    assert train.use_persistent_compile_cache() == "/elsewhere"
+
+
 def test_evaluation_runs_the_compiled_training_graph_without_compiling_another(use_tiny_cache, monkeypatch):
     # torch.compile's guards, not its back-end, decide a recompile: aot_eager keeps this fast on a CPU
     from torch._dynamo.utils import counters
