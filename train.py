@@ -860,6 +860,8 @@ def main():
 
     steps, training_time, budget_start = train(run, model, train_model, optimizer, train_loader, first_loss, x, y,
                                                untimed_steps, clock)
+    if run.use_cuda:  # the summary's peak_vram_mb covers evaluation too: this line tells the two apart
+        print(f"peak VRAM before evaluation: {torch.cuda.max_memory_allocated(run.device) / 1024**2:.1f} MB")
     t_eval = time.time()
     val_bpb = evaluate(run, model, train_model, compiled)
     eval_seconds = time.time() - t_eval
