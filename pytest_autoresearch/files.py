@@ -14,13 +14,33 @@ def _umask() -> int:
     return mask
 
 
+def process_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_dead_temp_files(folder: Path) -> None:
+    """write_atomic's temp files under folder whose writer was killed before it could rename or remove them."""
+    for tmp in Path(folder).rglob(".*.tmp") if Path(folder).is_dir() else []:
+        pid = tmp.name.rsplit(".", 2)[-2].split("-")[0] if tmp.name.count(".") >= 3 else ""
+        if pid.isdigit() and not process_alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+
+
 def write_atomic(path: Path, data: bytes | str) -> None:
     """Replace path with data (str is written as UTF-8, newlines untranslated) through a temp file in the
     same folder, fsynced and renamed over it. An existing file's mode is kept (an executable script stays
     executable); a new file gets the mode open() would give it (0666 less the umask), not mkstemp's 0600,
     so reports stay readable by others. On any failure the temp file is removed and path is untouched."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}-", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data.encode("utf-8") if isinstance(data, str) else data)

@@ -146,7 +146,7 @@ class IterationItem(pytest.Function):
     def repr_failure(self, excinfo, style=None):
         if excinfo.errisinstance(IterationFailed):
             return str(excinfo.value)
-        return super().repr_failure(excinfo, style)
+        return super().repr_failure(excinfo)  # pytest.Function's takes no style (pytest 9)
 
 
 class InvalidTaskItem(pytest.Item):

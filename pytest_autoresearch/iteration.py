@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+from dataclasses import asdict
 import shutil
 import tempfile
 import time
@@ -19,7 +20,9 @@ from .process import run_logged
 from .results import Record, mean
 from .sandbox import Content, Link, copy_tree, hash_contents, read_contents, scan
 from .task import Task
-from .workspace import Snapshot, apply_contents, git_commit, git_head, git_head_contents, protected_hashes
+from .files import remove_dead_temp_files
+from .workspace import (Journal, Snapshot, apply_contents, git_commit, git_head, git_head_contents, protected_hashes,
+                        remove_stale_temp_files)
 
 DESCRIPTION_MAX_CHARS = 300
 SETTLED = ("keep", "discard", "rejected")  # set only once the workspace is final for the iteration
@@ -61,8 +64,39 @@ def run_iteration(engine: Engine, task: Task, description: str = "") -> Record:
         record.duration_s = round(time.perf_counter() - start, 3)
         with held_signals():  # a second Ctrl-C must not tear the record's line
             engine.results.append(record)  # before the clean-up: other workers may be waiting for its scores
+            Journal(engine.state_dir, task.name, iteration).clear()  # the verdict has landed, record and all
         shutil.rmtree(scratch, ignore_errors=True)
     return record
+
+
+def _recover(engine: Engine, task: Task) -> None:
+    """Land what a killed process had decided (called holding the task lock, before the workspace is read):
+    a journal without its record is rolled forward and its record appended; one whose record made it only
+    needs removing (its contents landed before the record was written). Then stray temp files go."""
+    for path in Journal.leftovers(engine.state_dir, task.name):
+        record, contents, snapshot = Journal.read(path)
+        if not any(int(r.get("iteration", 0)) == record["iteration"] for r in engine.results.records(task.name)):
+            remove_stale_temp_files(task.rootdir, list(contents))
+            apply_contents(task.rootdir, contents)
+            if snapshot is not None:
+                Snapshot(engine.state_dir, task).save(*snapshot)
+            elif record["status"] == "keep":
+                engine.results.save_head(task.name, hash_contents(engine.artifacts_in(task, task.rootdir)),
+                                         record["iteration"])
+            record["reason"] += " (landed after its process was killed)"
+            engine.results.append(Record(**record))
+        path.unlink(missing_ok=True)
+    remove_dead_temp_files(engine.state_dir)
+    remove_dead_temp_files(engine.results.path.parent)
+
+
+def _land(engine: Engine, task: Task, record: Record, contents: dict[str, Content | None],
+          snapshot: tuple | None = None) -> None:
+    """Write the verdict's contents into the workspace, journaled first (see Journal)."""
+    Journal(engine.state_dir, task.name, record.iteration).write(asdict(record), contents, snapshot)
+    apply_contents(task.rootdir, contents)
+    if snapshot is not None:
+        Snapshot(engine.state_dir, task).save(*snapshot)
 
 
 # ----------------------------------------------------------------------------
@@ -73,6 +107,7 @@ def _sandbox_iteration(engine: Engine, task: Task, record: Record, scratch: Path
                        extra_env: dict[str, str]) -> None:
     sandbox = scratch / "sandbox"
     with engine.lock(f"task-{task.name}"):  # never copy the workspace while a keep is landing
+        _recover(engine, task)
         before = copy_tree(task.rootdir, sandbox)
     baseline = read_contents(sandbox, [rel for rel in before if task.is_artifact(rel)])
     record.baseline_hash = hash_contents(baseline)
@@ -103,12 +138,13 @@ def _sandbox_iteration(engine: Engine, task: Task, record: Record, scratch: Path
         return
 
     with held_signals(), engine.lock(f"task-{task.name}"):  # a keep lands whole or not at all
+        _recover(engine, task)  # a worker killed mid-keep: its keep first, then judge against it
         current = engine.artifacts_in(task, task.rootdir)
         if decision.verdict == "keep" and hash_contents(current) != record.baseline_hash:
             decision = _rebase(engine, task, record, decision, verdict, baseline, current)
         record.status, record.reason = decision.verdict, decision.reason
         if decision.verdict == "keep":
-            apply_contents(task.rootdir, verdict.candidate)
+            _land(engine, task, record, verdict.candidate)
             engine.results.save_head(task.name, hash_contents(engine.artifacts_in(task, task.rootdir)),
                                      record.iteration)
             _commit(engine, task, record, list(verdict.candidate))
@@ -193,6 +229,7 @@ def _commit(engine: Engine, task: Task, record: Record, paths: list[str]) -> Non
 def _workspace_iteration(engine: Engine, task: Task, record: Record, scratch: Path, log: BinaryIO,
                          extra_env: dict[str, str]) -> None:
     sandbox = scratch / "sandbox"
+    _recover(engine, task)
     before = copy_tree(task.rootdir, sandbox)
     candidate = read_contents(sandbox, [rel for rel in before if task.is_artifact(rel)])
     protected_now = protected_hashes(task, read_contents(sandbox, [rel for rel in before if task.is_protected(rel)]))
@@ -220,19 +257,19 @@ def _workspace_iteration(engine: Engine, task: Task, record: Record, scratch: Pa
                     protected=protected, escaping=escaping, outside=[])
     restore = {c.path: baseline.get(c.path) for c in changes}
     if not _judge_changes(engine, task, record, verdict, baseline, candidate):
-        apply_contents(task.rootdir, restore)
+        with held_signals():
+            _land(engine, task, record, restore)
         return
     # An interruption before this point leaves the agent's edit in the workspace, unjudged: the
     # snapshot still holds the last keep, so the next run judges the same edit again.
     decision = engine.score_runs(task, record, sandbox, log, record.baseline_scores, extra_env)
     with held_signals():
-        if decision is not None and decision.verdict == "keep":
-            snapshot.save(candidate, protected_now, head)
+        if decision is not None:
             record.status, record.reason = decision.verdict, decision.reason
+        if decision is not None and decision.verdict == "keep":
+            _land(engine, task, record, {}, snapshot=(candidate, protected_now, head))  # the workspace holds it
             _commit(engine, task, record, [c.path for c in changes])
             if record.commit:  # our own commit is no new baseline from the user
                 snapshot.save(candidate, protected_now, record.commit)
-        else:
-            apply_contents(task.rootdir, restore)
-            if decision is not None:
-                record.status, record.reason = decision.verdict, decision.reason
+        else:  # a discard, or runs that crashed: the baseline comes back
+            _land(engine, task, record, restore)

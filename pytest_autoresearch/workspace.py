@@ -10,8 +10,9 @@ import os
 import subprocess
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
-from .files import write_atomic
+from .files import process_alive, write_atomic
 from .sandbox import Content, Link
 from .task import Task
 
@@ -51,6 +52,77 @@ def _sha(content: Content) -> str:
     return hashlib.sha256(blob).hexdigest()
 
 
+def encode_contents(contents: Mapping[str, Content | None]) -> dict[str, Any]:
+    """Contents as JSON: bytes in base64, a link as its target, a deletion as null."""
+    return {rel: None if c is None else {"link": c.target} if isinstance(c, Link) else {"b64": base64.b64encode(c).decode()}
+            for rel, c in sorted(contents.items())}
+
+
+def decode_contents(data: Mapping[str, Any]) -> dict[str, Any]:
+    return {rel: None if v is None else Link(v["link"]) if "link" in v else base64.b64decode(v["b64"])
+            for rel, v in data.items()}
+
+
+# ----------------------------------------------------------------------------
+# A verdict landing in the workspace, written ahead: survives kill -9 at any instant
+
+
+class Journal:
+    """work/autoresearch/journal/<task>-<iteration>.json: the record a verdict will append and the contents it
+    writes into the workspace, written (atomically) before the first file is replaced and removed once the
+    record is in results.jsonl. One left behind by a dead process is rolled forward: the contents land, the
+    record is appended if it is missing. So after any kill the workspace is the baseline or the candidate,
+    and every landed keep has its record."""
+
+    def __init__(self, state_dir: Path, task: str, iteration: int) -> None:
+        self.path = state_dir / "journal" / f"{task}-{iteration}.json"
+
+    @staticmethod
+    def leftovers(state_dir: Path, task: str) -> list[Path]:
+        """Journals of this task whose writer is no longer running (killed before it could remove them)."""
+        folder = state_dir / "journal"
+        found = sorted(folder.glob(f"{task}-*.json")) if folder.is_dir() else []
+        dead = []
+        for path in found:
+            try:
+                data = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, json.JSONDecodeError):  # write_atomic never leaves half a file: unreadable is foreign
+                continue
+            if not process_alive(int(data.get("pid", 0))):
+                dead.append(path)
+        return dead
+
+    def write(self, record: dict[str, Any], contents: Mapping[str, Content | None],
+              snapshot: tuple[Mapping[str, Content], Mapping[str, str], str | None] | None = None) -> None:
+        """snapshot: the workspace-mode baseline to store with it (files, protected hashes, git HEAD)."""
+        data = {"pid": os.getpid(), "record": record, "contents": encode_contents(contents)}
+        if snapshot is not None:
+            files, protected, head = snapshot
+            data["snapshot"] = {"files": encode_contents(files), "protected": dict(protected), "head": head}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(self.path, json.dumps(data))
+
+    @staticmethod
+    def read(path: Path) -> tuple[dict[str, Any], dict[str, Content | None], tuple | None]:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        snap = data.get("snapshot")
+        snapshot = (decode_contents(snap["files"]), snap["protected"], snap["head"]) if snap else None
+        return data["record"], decode_contents(data["contents"]), snapshot
+
+    def clear(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def remove_stale_temp_files(root: Path, paths: list[str]) -> None:
+    """apply_contents' staged files next to these paths, left by a process killed mid-apply."""
+    for rel in paths:
+        target = root / rel
+        for tmp in target.parent.glob(f".{target.name}.autoresearch-*.tmp"):
+            pid = tmp.name.rsplit("-", 1)[-1].removesuffix(".tmp")
+            if not pid.isdigit() or not process_alive(int(pid)):
+                tmp.unlink(missing_ok=True)
+
+
 # ----------------------------------------------------------------------------
 # Workspace-mode baseline: the last kept state, one JSON file written atomically
 
@@ -67,13 +139,10 @@ class Snapshot:
             data = json.loads(self.path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             return None
-        files = {rel: Link(v["link"]) if "link" in v else base64.b64decode(v["b64"]) for rel, v in data["files"].items()}
-        return files, dict(data["protected"]), data.get("head")
+        return decode_contents(data["files"]), dict(data["protected"]), data.get("head")
 
     def save(self, files: Mapping[str, Content], protected: Mapping[str, str], head: str | None) -> None:
-        data = {"files": {rel: {"link": c.target} if isinstance(c, Link) else {"b64": base64.b64encode(c).decode()}
-                          for rel, c in sorted(files.items())},
-                "protected": dict(sorted(protected.items())), "head": head}
+        data = {"files": encode_contents(files), "protected": dict(sorted(protected.items())), "head": head}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(self.path, json.dumps(data))
 

@@ -325,6 +325,15 @@ def test_run_from_a_parent_folder_works_in_the_folder_holding_experiments(pytest
     assert not (pytester.path / "work").exists()
 
 
+def test_an_internal_error_fails_its_item_with_the_real_error_not_an_internalerror(pytester, research):
+    write_task(pytester.path, spec={"artifacts": ["experiments/t/*.txt"]})
+    os.close(os.open(os.path.join(os.fsencode(pytester.path), b"experiments/t/\xff.txt"), os.O_CREAT | os.O_WRONLY))
+    result = research()
+    assert result.ret == pytest.ExitCode.TESTS_FAILED  # not INTERNAL_ERROR
+    result.stdout.fnmatch_lines(["*UnicodeEncodeError*"])
+    assert "INTERNALERROR" not in result.stdout.str() + result.stderr.str()
+
+
 # ----------------------------------------------------------------------------
 # Command line, reports, inertness
 
