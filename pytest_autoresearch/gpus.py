@@ -1,12 +1,18 @@
 """GPUs for runners: count them through the CUDA driver library itself (never torch, nor any package: the
-plugin must stay light and install anywhere) and give each xdist worker its own CUDA_VISIBLE_DEVICES slice."""
+plugin must stay light and install anywhere), and lease them to runs so that no two runs ever share one."""
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
 import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import cache
+from pathlib import Path
+
+from filelock import FileLock, Timeout
 
 CUDA_DRIVER_LIBRARIES = ("libcuda.so.1", "libcuda.so", "nvcuda.dll")
 
@@ -46,13 +52,31 @@ def worker_index(worker: str) -> int:
     return int(worker[2:]) if worker.startswith("gw") and worker[2:].isdigit() else 0
 
 
-def visible_devices(worker: str, gpus: int) -> str:
-    """The CUDA_VISIBLE_DEVICES value giving this worker `gpus` devices of its own (wrapping around
-    when there are more workers than GPU slices). Raises RuntimeError when too few GPUs exist."""
+@contextmanager
+def gpu_lease(locks_dir: Path, worker: str, gpus: int, poll_s: float = 0.2) -> Iterator[tuple[str, float]]:
+    """Hold `gpus` GPUs no other run holds, for the block: the visible devices cut into slices of `gpus`, one
+    lock file each; the worker's own slice is tried first, then any free one, and while all are held (more
+    workers than GPUs) the run waits instead of sharing one. Yields (its CUDA_VISIBLE_DEVICES, seconds
+    waited). Raises RuntimeError when fewer GPUs exist than one run needs."""
     inherited = os.environ.get("CUDA_VISIBLE_DEVICES")
-    available = [d for d in inherited.split(",") if d.strip()] if inherited else [str(i) for i in range(device_count())]
+    available = [d.strip() for d in inherited.split(",") if d.strip()] if inherited else [str(i) for i in range(device_count())]
     if gpus > len(available):
         raise RuntimeError(f"runner.gpus is {gpus} but only {len(available)} GPU(s) are visible")
-    slices = len(available) // gpus
-    first = (worker_index(worker) % slices) * gpus
-    return ",".join(available[first:first + gpus])
+    slices = [available[k * gpus:(k + 1) * gpus] for k in range(len(available) // gpus)]
+    first = worker_index(worker) % len(slices)
+    order = slices[first:] + slices[:first]
+    locks_dir.mkdir(parents=True, exist_ok=True)
+    start = time.monotonic()
+    while True:
+        for devices in order:
+            lock = FileLock(str(locks_dir / f"gpu-{'-'.join(devices)}.lock"))
+            try:
+                lock.acquire(timeout=0)
+            except Timeout:
+                continue
+            try:
+                yield ",".join(devices), time.monotonic() - start
+            finally:
+                lock.release()
+            return
+        time.sleep(poll_s)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+from contextlib import ExitStack
 from dataclasses import asdict
 import shutil
 import tempfile
@@ -12,7 +13,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from .engine import BASE_SEED, Engine
-from .gpus import visible_devices
+from .gpus import gpu_lease
 from .interrupts import held_signals, interrupt_reason
 from .limits import Verdict, check_sandbox, diff_artifacts, escapes, judge
 from .policy import Decision
@@ -39,11 +40,15 @@ def run_iteration(engine: Engine, task: Task, description: str = "") -> Record:
     start = time.perf_counter()
     scratch = Path(tempfile.mkdtemp(prefix=f"autoresearch-{task.name}-"))
     try:
-        extra_env = {"CUDA_VISIBLE_DEVICES": visible_devices(engine.worker, task.gpus)} if task.gpus else {}
-    except RuntimeError as e:  # too few GPUs: a crash of this iteration, not of the engine
-        record.reason, extra_env = str(e), None
-    try:
-        if extra_env is not None:
+        with ExitStack() as held:
+            extra_env: dict[str, str] = {}
+            if task.gpus:  # the lease is held for the whole iteration: its runs never share a GPU
+                try:
+                    devices, waited = held.enter_context(gpu_lease(engine.state_dir / "locks", engine.worker, task.gpus))
+                except RuntimeError as e:  # too few GPUs: a crash of this iteration, not of the engine
+                    record.reason = str(e)
+                    return record
+                extra_env, record.gpu_wait_s = {"CUDA_VISIBLE_DEVICES": devices}, round(waited, 3)
             with open(log_path, "wb") as log:
                 if task.workspace_mode:
                     with engine.lock(f"task-{task.name}"):  # the workspace is one shared candidate

@@ -43,6 +43,7 @@ class Record:
     commit: str | None = None
     metrics: dict[str, float] = field(default_factory=dict)
     statistic: dict[str, Any] | None = None
+    gpu_wait_s: float = 0.0  # time spent waiting for a free GPU (more workers than GPUs)
     baseline_from: str | None = None  # workspace mode: "git HEAD <sha>" when a new commit reset the baseline
 
     def to_json(self) -> str:

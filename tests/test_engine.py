@@ -237,12 +237,36 @@ def test_extract_metrics_reads_key_number_lines():
 # GPUs
 
 
-def test_visible_devices_give_each_worker_its_own_slice(monkeypatch):
+def lease(tmp_path, worker, count):
+    with gpus.gpu_lease(tmp_path / "locks", worker, count, poll_s=0.01) as (devices, _):
+        return devices
+
+
+def test_a_free_gpu_lease_is_the_workers_own_slice(tmp_path, monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2,3")
-    assert [gpus.visible_devices(w, 1) for w in ("gw0", "gw1", "gw3", "gw4", "main")] == ["0", "1", "3", "0", "0"]
-    assert gpus.visible_devices("gw1", 2) == "2,3"
+    assert [lease(tmp_path, w, 1) for w in ("gw0", "gw1", "gw3", "gw4", "main")] == ["0", "1", "3", "0", "0"]
+    assert lease(tmp_path, "gw1", 2) == "2,3"
     with pytest.raises(RuntimeError, match="runner.gpus is 5 but only 4 GPU"):
-        gpus.visible_devices("gw0", 5)
+        lease(tmp_path, "gw0", 5)
+
+
+def test_with_every_gpu_leased_a_run_waits_for_one_instead_of_sharing(tmp_path, monkeypatch):
+    import threading
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    got = {}
+    with gpus.gpu_lease(tmp_path / "locks", "gw0", 1) as (first, _), \
+            gpus.gpu_lease(tmp_path / "locks", "gw2", 1) as (second, _):  # gw2 prefers 0: it is taken
+        assert (first, second) == ("0", "1")
+
+        def third():
+            with gpus.gpu_lease(tmp_path / "locks", "gw4", 1, poll_s=0.01) as (devices, waited):
+                got.update(devices=devices, waited=waited)
+        waiter = threading.Thread(target=third)
+        waiter.start()
+        waiter.join(0.3)
+        assert waiter.is_alive() and not got  # both GPUs held: it waits
+    waiter.join(5)
+    assert got["devices"] in ("0", "1") and got["waited"] >= 0.3
 
 
 def test_device_count_without_a_driver_is_a_number():

@@ -435,6 +435,29 @@ def test_bad_task_files_fail_with_one_line_while_others_run(pytester, research):
 # xdist: parallel iterations stay consistent
 
 
+def test_xdist_with_more_workers_than_gpus_never_runs_two_on_one_gpu(pytester, monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", str(REPO_ROOT))
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")  # a fake list of two GPUs for three workers
+    pytester.makeini("[pytest]\n")
+    runs = pytester.path / "runs.txt"
+    score = ('import os, time\n'
+             'device, start = os.environ.get("CUDA_VISIBLE_DEVICES"), time.time()\n'
+             'time.sleep(0.4)\n'
+             f'with open({str(runs)!r}, "a") as f: f.write(" ".join(map(str, (device, start, time.time()))) + "\\n")\n'
+             'print("score: 1")\n')
+    write_task(pytester.path, score=score, spec={"runner": {"gpus": 1}})
+    result = pytester.runpytest_subprocess(*plugin_args(), "--autoresearch", "-p", "no:cacheprovider", "-n", "3",
+                                           "--autoresearch-iterations", "6", timeout=240)
+    assert result.ret == 0, result.stdout.str()
+    spans = [(d, float(a), float(b)) for d, a, b in (line.split() for line in runs.read_text().splitlines())]
+    assert {d for d, _, _ in spans} == {"0", "1"} and len(spans) >= 7  # a baseline run and six candidates
+    for i, (d1, a1, b1) in enumerate(spans):
+        for d2, a2, b2 in spans[i + 1:]:
+            assert d1 != d2 or b1 <= a2 or b2 <= a1, f"two runs on GPU {d1} at once"
+    judged = [r for r in records(pytester.path) if r["status"] != "baseline"]
+    assert any(r["gpu_wait_s"] > 0 for r in judged)  # the third worker waited, and the record says so
+
+
 def test_xdist_parallel_iterations_keep_results_and_workspace_consistent(pytester, monkeypatch):
     monkeypatch.setenv("PYTHONPATH", str(REPO_ROOT))
     pytester.makeini("[pytest]\n")
