@@ -19,7 +19,7 @@ from .limits import Verdict, check_sandbox, diff_artifacts, escapes, judge
 from .policy import Decision
 from .process import run_logged
 from .results import Record, mean
-from .sandbox import Content, Link, copy_tree, hash_contents, read_contents, scan
+from .sandbox import Content, Link, copy_tree, hash_contents, read_content, read_contents, scan
 from .task import Task
 from .files import remove_dead_temp_files
 from .workspace import (Journal, Snapshot, apply_contents, git_commit, git_head, git_head_contents, protected_hashes,
@@ -79,10 +79,15 @@ def _recover(engine: Engine, task: Task) -> None:
     a journal without its record is rolled forward and its record appended; one whose record made it only
     needs removing (its contents landed before the record was written). Then stray temp files go."""
     for path in Journal.leftovers(engine.state_dir, task.name):
-        record, contents, snapshot = Journal.read(path)
+        record, contents, before, snapshot = Journal.read(path)
         if not any(int(r.get("iteration", 0)) == record["iteration"] for r in engine.results.records(task.name)):
             remove_stale_temp_files(task.rootdir, list(contents))
-            apply_contents(task.rootdir, contents)
+            # only files still as the killed process found or left them: an edit made since is never lost
+            now = {rel: read_content(task.rootdir, rel) for rel in contents}
+            edited = sorted(rel for rel in contents if now[rel] not in (contents[rel], before.get(rel)))
+            apply_contents(task.rootdir, {rel: c for rel, c in contents.items() if rel not in edited})
+            if edited:
+                record["reason"] += f" (left as found, edited since the kill: {', '.join(edited[:3])})"
             if snapshot is not None:
                 Snapshot(engine.state_dir, task).save(*snapshot)
             elif record["status"] == "keep":
@@ -98,7 +103,8 @@ def _recover(engine: Engine, task: Task) -> None:
 def _land(engine: Engine, task: Task, record: Record, contents: dict[str, Content | None],
           snapshot: tuple | None = None) -> None:
     """Write the verdict's contents into the workspace, journaled first (see Journal)."""
-    Journal(engine.state_dir, task.name, record.iteration).write(asdict(record), contents, snapshot)
+    before = {rel: read_content(task.rootdir, rel) for rel in contents}
+    Journal(engine.state_dir, task.name, record.iteration).write(asdict(record), contents, before, snapshot)
     apply_contents(task.rootdir, contents)
     if snapshot is not None:
         Snapshot(engine.state_dir, task).save(*snapshot)

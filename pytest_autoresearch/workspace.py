@@ -92,10 +92,12 @@ class Journal:
                 dead.append(path)
         return dead
 
-    def write(self, record: dict[str, Any], contents: Mapping[str, Content | None],
+    def write(self, record: dict[str, Any], contents: Mapping[str, Content | None], before: Mapping[str, Content | None],
               snapshot: tuple[Mapping[str, Content], Mapping[str, str], str | None] | None = None) -> None:
-        """snapshot: the workspace-mode baseline to store with it (files, protected hashes, git HEAD)."""
-        data = {"pid": os.getpid(), "record": record, "contents": encode_contents(contents)}
+        """before: what those paths hold now (recovery replaces only files still as they were, or half-way);
+        snapshot: the workspace-mode baseline to store with it (files, protected hashes, git HEAD)."""
+        data = {"pid": os.getpid(), "record": record, "contents": encode_contents(contents),
+                "before": encode_contents(before)}
         if snapshot is not None:
             files, protected, head = snapshot
             data["snapshot"] = {"files": encode_contents(files), "protected": dict(protected), "head": head}
@@ -103,11 +105,12 @@ class Journal:
         write_atomic(self.path, json.dumps(data))
 
     @staticmethod
-    def read(path: Path) -> tuple[dict[str, Any], dict[str, Content | None], tuple | None]:
+    def read(path: Path) -> tuple[dict[str, Any], dict[str, Content | None], dict[str, Content | None], tuple | None]:
+        """(record, contents, before, snapshot) as written."""
         data = json.loads(path.read_text(encoding="utf-8"))
         snap = data.get("snapshot")
         snapshot = (decode_contents(snap["files"]), snap["protected"], snap["head"]) if snap else None
-        return data["record"], decode_contents(data["contents"]), snapshot
+        return data["record"], decode_contents(data["contents"]), decode_contents(data["before"]), snapshot
 
     def clear(self) -> None:
         self.path.unlink(missing_ok=True)

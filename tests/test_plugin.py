@@ -296,6 +296,41 @@ def test_reset_forgets_the_stored_workspace_baseline_and_keeps_the_results(pytes
     assert statuses == ["baseline", "keep", "discard", "keep"] and records(pytester.path)[-1]["baseline_score"] == 1
 
 
+def dead_pid() -> int:
+    import subprocess
+    import sys
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+@pytest.mark.parametrize("edited_since", [False, True])
+def test_a_killed_restore_is_finished_but_an_edit_made_since_is_kept(pytester, research, monkeypatch, edited_since):
+    from dataclasses import asdict
+
+    from pytest_autoresearch.results import Record
+    from pytest_autoresearch.workspace import Journal
+    write_task(pytester.path, spec={"mutator": "workspace"})
+    research()  # baseline 1
+    # a process killed while restoring the baseline after judging the edit "7": its journal, no record
+    record = Record(task="t", iteration=99, status="discard", metric="score", direction="maximize",
+                    started_at="2026-12-01T00:00:00+00:00", worker="main", reason="worse")
+    journal = Journal(pytester.path / "work" / "autoresearch", "t", 99)
+    with monkeypatch.context() as m:
+        m.setattr(os, "getpid", dead_pid)
+        journal.write(asdict(record), {"experiments/t/value.txt": b"1\n"}, {"experiments/t/value.txt": b"7\n"})
+    (pytester.path / "experiments/t/value.txt").write_text("5\n" if edited_since else "7\n")
+    research()
+    recovered = next(r for r in records(pytester.path) if r["iteration"] == 99)
+    assert "landed after its process was killed" in recovered["reason"]
+    assert not journal.path.exists()
+    if edited_since:  # the agent's new edit survives and is judged: 5 beats 1
+        assert "edited since the kill: experiments/t/value.txt" in recovered["reason"]
+        assert value(pytester) == "5\n" and records(pytester.path)[-1]["status"] == "keep"
+    else:  # the restore is finished: nothing is left to judge
+        assert value(pytester) == "1\n" and records(pytester.path)[-1]["reason"] == "no change"
+
+
 # ----------------------------------------------------------------------------
 # Names and paths as a user types them
 
