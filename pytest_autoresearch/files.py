@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 
 
@@ -26,11 +27,16 @@ def process_alive(pid: int) -> bool:
     return True
 
 
-def remove_dead_temp_files(folder: Path) -> None:
-    """write_atomic's temp files under folder whose writer was killed before it could rename or remove them."""
-    for tmp in Path(folder).rglob(".*.tmp") if Path(folder).is_dir() else []:
-        pid = tmp.name.rsplit(".", 2)[-2].split("-")[0] if tmp.name.count(".") >= 3 else ""
-        if pid.isdigit() and not process_alive(int(pid)):
+def temp_prefix(path: Path) -> str:
+    """How a temp file staged for path is named, `.<name>.<pid>-...tmp`: the pid tells a dead writer's apart."""
+    return f".{path.name}.{os.getpid()}-"
+
+
+def remove_dead_temp_files(paths: Iterable[Path]) -> None:
+    """Temp files (named by temp_prefix) among paths whose writer was killed before it could rename or remove them."""
+    for tmp in paths:
+        pid = tmp.name.removesuffix(".tmp").rpartition(".")[2].partition("-")[0]
+        if tmp.name.endswith(".tmp") and pid.isdigit() and not process_alive(int(pid)):
             tmp.unlink(missing_ok=True)
 
 
@@ -40,7 +46,7 @@ def write_atomic(path: Path, data: bytes | str) -> None:
     executable); a new file gets the mode open() would give it (0666 less the umask), not mkstemp's 0600,
     so reports stay readable by others. On any failure the temp file is removed and path is untouched."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}-", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=temp_prefix(path), suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data.encode("utf-8") if isinstance(data, str) else data)

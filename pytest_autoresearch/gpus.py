@@ -35,17 +35,17 @@ def device_count() -> int:
     return 0
 
 
-def visible_count() -> int:
-    """GPUs a runner could be given: the entries of CUDA_VISIBLE_DEVICES where it is set, else the driver's count."""
+def visible_gpus() -> list[str]:
+    """GPUs a runner could be given: the entries of CUDA_VISIBLE_DEVICES where it is set, else the driver's."""
     inherited = os.environ.get("CUDA_VISIBLE_DEVICES")
     if inherited is not None:
-        return len([d for d in inherited.split(",") if d.strip()])
-    return device_count()
+        return [d.strip() for d in inherited.split(",") if d.strip()]
+    return [str(i) for i in range(device_count())]
 
 
 def auto_gpus() -> int:
     """runner.gpus: auto: one GPU where one exists, none otherwise (a CPU machine, a Mac)."""
-    return 1 if visible_count() > 0 else 0
+    return 1 if visible_gpus() else 0
 
 
 def worker_index(worker: str) -> int:
@@ -58,8 +58,7 @@ def gpu_lease(locks_dir: Path, worker: str, gpus: int, poll_s: float = 0.2) -> I
     lock file each; the worker's own slice is tried first, then any free one, and while all are held (more
     workers than GPUs) the run waits instead of sharing one. Yields (its CUDA_VISIBLE_DEVICES, seconds
     waited). Raises RuntimeError when fewer GPUs exist than one run needs."""
-    inherited = os.environ.get("CUDA_VISIBLE_DEVICES")
-    available = [d.strip() for d in inherited.split(",") if d.strip()] if inherited else [str(i) for i in range(device_count())]
+    available = visible_gpus()
     if gpus > len(available):
         raise RuntimeError(f"runner.gpus is {gpus} but only {len(available)} GPU(s) are visible")
     slices = [available[k * gpus:(k + 1) * gpus] for k in range(len(available) // gpus)]

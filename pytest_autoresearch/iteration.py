@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import difflib
-from contextlib import ExitStack
-from dataclasses import asdict
 import shutil
 import tempfile
 import time
+from contextlib import ExitStack
+from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import BinaryIO
 
 from .engine import BASE_SEED, Engine
+from .files import remove_dead_temp_files
 from .gpus import gpu_lease
 from .interrupts import held_signals, interrupt_reason
 from .limits import Verdict, check_sandbox, diff_artifacts, escapes, judge
@@ -21,9 +22,7 @@ from .process import run_logged
 from .results import Record, mean
 from .sandbox import Content, Link, copy_tree, hash_contents, read_content, read_contents, scan
 from .task import Task
-from .files import remove_dead_temp_files
-from .workspace import (Journal, Snapshot, apply_contents, git_commit, git_head, git_head_contents, protected_hashes,
-                        remove_stale_temp_files)
+from .workspace import Journal, Snapshot, apply_contents, git_commit, git_head, git_head_contents, protected_hashes
 
 DESCRIPTION_MAX_CHARS = 300
 SETTLED = ("keep", "discard", "rejected")  # set only once the workspace is final for the iteration
@@ -77,11 +76,11 @@ def run_iteration(engine: Engine, task: Task, description: str = "") -> Record:
 def _recover(engine: Engine, task: Task) -> None:
     """Land what a killed process had decided (called holding the task lock, before the workspace is read):
     a journal without its record is rolled forward and its record appended; one whose record made it only
-    needs removing (its contents landed before the record was written). Then stray temp files go."""
-    for path in Journal.leftovers(engine.state_dir, task.name):
-        record, contents, before, snapshot = Journal.read(path)
+    needs removing (its contents landed before the record was written)."""
+    for path, record, contents, before, snapshot in Journal.leftovers(engine.state_dir, task.name):
         if not any(int(r.get("iteration", 0)) == record["iteration"] for r in engine.results.records(task.name)):
-            remove_stale_temp_files(task.rootdir, list(contents))
+            # apply_contents' staged files beside the targets, from the killed apply
+            remove_dead_temp_files(tmp for rel in contents for tmp in (task.rootdir / rel).parent.glob(".*.tmp"))
             # only files still as the killed process found or left them: an edit made since is never lost
             now = {rel: read_content(task.rootdir, rel) for rel in contents}
             edited = sorted(rel for rel in contents if now[rel] not in (contents[rel], before.get(rel)))
@@ -96,8 +95,6 @@ def _recover(engine: Engine, task: Task) -> None:
             record["reason"] += " (landed after its process was killed)"
             engine.results.append(Record(**record))
         path.unlink(missing_ok=True)
-    remove_dead_temp_files(engine.state_dir)
-    remove_dead_temp_files(engine.results.path.parent)
 
 
 def _land(engine: Engine, task: Task, record: Record, contents: dict[str, Content | None],

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from .engine import Engine
+from .files import remove_dead_temp_files
 from .interrupts import TerminateAsInterrupt, interrupt_reason
 from .items import IterationItem, TaskFile, crash_stop
 from .results import ResultsStore
@@ -113,6 +114,9 @@ class AutoresearchSession:
 
     def pytest_sessionstart(self, session: pytest.Session) -> None:
         self.terminate.install()
+        # state files' temp files left by a killed session (a live worker's are kept: their writer runs)
+        for folder in {self.engine.state_dir, self.options.results.parent}:
+            remove_dead_temp_files(folder.rglob(".*.tmp") if folder.is_dir() else [])
 
     def pytest_unconfigure(self, config: pytest.Config) -> None:
         self.terminate.restore()

@@ -8,11 +8,11 @@ import hashlib
 import json
 import os
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from .files import process_alive, write_atomic
+from .files import process_alive, temp_prefix, write_atomic
 from .sandbox import Content, Link
 from .task import Task
 
@@ -28,7 +28,7 @@ def apply_contents(root: Path, contents: Mapping[str, Content | None]) -> None:
                 continue
             target = root / rel
             target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_name(f".{target.name}.autoresearch-{os.getpid()}.tmp")
+            tmp = target.with_name(temp_prefix(target) + "apply.tmp")
             if isinstance(content, Link):
                 os.symlink(content.target, tmp)
             else:
@@ -78,19 +78,21 @@ class Journal:
         self.path = state_dir / "journal" / f"{task}-{iteration}.json"
 
     @staticmethod
-    def leftovers(state_dir: Path, task: str) -> list[Path]:
-        """Journals of this task whose writer is no longer running (killed before it could remove them)."""
+    def leftovers(state_dir: Path, task: str) -> Iterator[tuple[Path, dict[str, Any], dict[str, Content | None],
+                                                                 dict[str, Content | None], tuple | None]]:
+        """(path, record, contents, before, snapshot) of each journal of this task whose writer is no longer
+        running (killed before it could remove it)."""
         folder = state_dir / "journal"
-        found = sorted(folder.glob(f"{task}-*.json")) if folder.is_dir() else []
-        dead = []
-        for path in found:
+        for path in sorted(folder.glob(f"{task}-*.json")) if folder.is_dir() else []:
             try:
                 data = json.loads(path.read_text(encoding="utf-8"))
             except (OSError, json.JSONDecodeError):  # write_atomic never leaves half a file: unreadable is foreign
                 continue
-            if not process_alive(int(data.get("pid", 0))):
-                dead.append(path)
-        return dead
+            if process_alive(int(data.get("pid", 0))):
+                continue
+            snap = data.get("snapshot")
+            snapshot = (decode_contents(snap["files"]), snap["protected"], snap["head"]) if snap else None
+            yield path, data["record"], decode_contents(data["contents"]), decode_contents(data["before"]), snapshot
 
     def write(self, record: dict[str, Any], contents: Mapping[str, Content | None], before: Mapping[str, Content | None],
               snapshot: tuple[Mapping[str, Content], Mapping[str, str], str | None] | None = None) -> None:
@@ -104,26 +106,8 @@ class Journal:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(self.path, json.dumps(data))
 
-    @staticmethod
-    def read(path: Path) -> tuple[dict[str, Any], dict[str, Content | None], dict[str, Content | None], tuple | None]:
-        """(record, contents, before, snapshot) as written."""
-        data = json.loads(path.read_text(encoding="utf-8"))
-        snap = data.get("snapshot")
-        snapshot = (decode_contents(snap["files"]), snap["protected"], snap["head"]) if snap else None
-        return data["record"], decode_contents(data["contents"]), decode_contents(data["before"]), snapshot
-
     def clear(self) -> None:
         self.path.unlink(missing_ok=True)
-
-
-def remove_stale_temp_files(root: Path, paths: list[str]) -> None:
-    """apply_contents' staged files next to these paths, left by a process killed mid-apply."""
-    for rel in paths:
-        target = root / rel
-        for tmp in target.parent.glob(f".{target.name}.autoresearch-*.tmp"):
-            pid = tmp.name.rsplit("-", 1)[-1].removesuffix(".tmp")
-            if not pid.isdigit() or not process_alive(int(pid)):
-                tmp.unlink(missing_ok=True)
 
 
 # ----------------------------------------------------------------------------
