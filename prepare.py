@@ -12,6 +12,7 @@ This file is fixed: agents edit train.py only, so data, tokenizer and metric sta
 
 import argparse
 import bisect
+import io
 import itertools
 import json
 import math
@@ -367,9 +368,9 @@ def token_byte_lengths(enc):
 
 
 def _write_token_bytes(enc, path):
-    tmp = path + ".tmp"
-    torch.save(torch.tensor(token_byte_lengths(enc), dtype=torch.int32), tmp)
-    os.replace(tmp, path)
+    buffer = io.BytesIO()
+    torch.save(torch.tensor(token_byte_lengths(enc), dtype=torch.int32), buffer)
+    _atomic_write_bytes(path, buffer.getvalue())
 
 
 def train_tokenizer(vocab_size=VOCAB_SIZE, max_chars=TOKENIZER_MAX_CHARS):
@@ -564,10 +565,8 @@ def _val_token_batches(tokenizer, min_tokens):
     for batch in _token_batches(tokenizer, "val", epochs=1):
         passed += sum(map(len, batch))
         yield batch
-    if passed < min_tokens:
-        return
-    for batch in _token_batches(tokenizer, "val"):
-        yield batch
+    if passed >= min_tokens:
+        yield from _token_batches(tokenizer, "val")
 
 
 def val_rows(tokenizer, T, num_rows):
