@@ -8,6 +8,8 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
+from .errors import naming
+
 
 def _umask() -> int:
     mask = os.umask(0)  # the only portable way to read it is to set it and put it back
@@ -46,6 +48,11 @@ def write_atomic(path: Path, data: bytes | str) -> None:
     executable); a new file gets the mode open() would give it (0666 less the umask), not mkstemp's 0600,
     so reports stay readable by others. On any failure the temp file is removed and path is untouched."""
     path = Path(path)
+    with naming(path, instead=True):
+        _write_atomic(path, data)
+
+
+def _write_atomic(path: Path, data: bytes | str) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=temp_prefix(path), suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:

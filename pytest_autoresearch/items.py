@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from .engine import Engine
+from .errors import StorageUnwritable
 from .iteration import run_iteration
 from .results import Record
 from .sandbox import scan
@@ -26,6 +28,30 @@ class TaskWarning(pytest.PytestWarning):
 
 class IterationFailed(Exception):
     """The iteration ran, and its outcome fails the item (crash, rejected, or a gated discard)."""
+
+
+@dataclass(frozen=True)
+class _Crash:
+    path: str
+    lineno: int | None
+    message: str
+
+
+class FailureText:
+    """What repr_failure returns for a failure told in words: the text, and its first line as the crash message
+    that pytest's short summary and JUnit XML show (every pytest we support reads it there; newer ones also
+    take a plain string)."""
+
+    def __init__(self, text: str, path: Path) -> None:
+        self.text = text
+        self.reprcrash = _Crash(str(path), None, text.partition("\n")[0])
+
+    def toterminal(self, tw) -> None:
+        for line in self.text.splitlines():
+            tw.line(line)
+
+    def __str__(self) -> str:
+        return self.text
 
 
 def autoresearch_iteration(request: pytest.FixtureRequest, autoresearch_engine: Engine) -> None:
@@ -77,7 +103,10 @@ class _StopLoop(Exception):
 
 
 def _run_one(request: pytest.FixtureRequest, autoresearch_engine: Engine, item: IterationItem) -> None:
-    record = run_iteration(autoresearch_engine, item.task, os.environ.get("AUTORESEARCH_DESCRIPTION", ""))
+    try:
+        record = run_iteration(autoresearch_engine, item.task, os.environ.get("AUTORESEARCH_DESCRIPTION", ""))
+    except StorageUnwritable as e:  # nothing was applied; no later iteration could be recorded either
+        pytest.exit(f"autoresearch: stopped: {e}; nothing was applied")
     item.record = record
     for key in ("task", "iteration", "status", "metric", "score", "baseline_score", "reason", "log"):
         item.user_properties.append((key, getattr(record, key)))
@@ -145,7 +174,7 @@ class IterationItem(pytest.Function):
 
     def repr_failure(self, excinfo, style=None):
         if excinfo.errisinstance(IterationFailed):
-            return str(excinfo.value)
+            return FailureText(str(excinfo.value), self.path)
         return super().repr_failure(excinfo)  # pytest.Function's takes no style (pytest 9)
 
 
@@ -161,7 +190,7 @@ class InvalidTaskItem(pytest.Item):
 
     def repr_failure(self, excinfo, style=None):
         if excinfo.errisinstance(TaskError):
-            return str(excinfo.value)
+            return FailureText(str(excinfo.value), self.path)
         return super().repr_failure(excinfo, style)
 
     def reportinfo(self) -> tuple[Path, int | None, str]:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from .engine import BASE_SEED, Engine
+from .errors import EngineError, LandingFailed, StorageUnwritable, describe, naming
 from .files import remove_dead_temp_files
 from .gpus import gpu_lease
 from .interrupts import held_signals, interrupt_reason
@@ -32,12 +33,12 @@ def run_iteration(engine: Engine, task: Task, description: str = "") -> Record:
     """Run one iteration of task and append its record (whatever happens) to results.jsonl."""
     iteration = engine.results.reserve_iteration(task.name)
     log_path = engine.logs_dir / task.name / f"{iteration}.log"
-    log_path.parent.mkdir(parents=True, exist_ok=True)
     record = Record(task=task.name, iteration=iteration, status="crash", metric=task.metric,
                     direction=task.direction, started_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                     worker=engine.worker, log=engine.shown(log_path), description=description)
     start = time.perf_counter()
     scratch = Path(tempfile.mkdtemp(prefix=f"autoresearch-{task.name}-"))
+    recordable = True
     try:
         with ExitStack() as held:
             extra_env: dict[str, str] = {}
@@ -48,7 +49,9 @@ def run_iteration(engine: Engine, task: Task, description: str = "") -> Record:
                     record.reason = str(e)
                     return record
                 extra_env, record.gpu_wait_s = {"CUDA_VISIBLE_DEVICES": devices}, round(waited, 3)
-            with open(log_path, "wb") as log:
+            with naming(log_path):
+                log_path.parent.mkdir(parents=True, exist_ok=True)
+            with open(log_path, "wb") as log, naming(log_path):
                 if task.workspace_mode:
                     with engine.lock(f"task-{task.name}"):  # the workspace is one shared candidate
                         _workspace_iteration(engine, task, record, scratch, log, extra_env)
@@ -61,14 +64,24 @@ def run_iteration(engine: Engine, task: Task, description: str = "") -> Record:
         else:
             record.status, record.reason = "interrupted", f"interrupted ({why}) before a verdict"
         raise
+    except StorageUnwritable:
+        recordable = False  # nothing landed (see _land); the session stops with this error
+        raise
+    except (EngineError, OSError) as e:  # the file system failed a step: this iteration's crash, told in one line
+        why = f"internal error: {describe(e, engine.shown)}"
+        if record.status in SETTLED and not isinstance(e, LandingFailed):  # after the verdict landed (a state file, the commit): it stands
+            record.reason += f" (then {why})"
+        else:
+            record.status, record.reason = "crash", why
     except Exception as e:
         record.status, record.reason = "crash", f"internal error: {type(e).__name__}: {e}"
         raise
     finally:
         record.duration_s = round(time.perf_counter() - start, 3)
-        with held_signals():  # a second Ctrl-C must not tear the record's line
-            engine.results.append(record)  # before the clean-up: other workers may be waiting for its scores
-            Journal(engine.state_dir, task.name, iteration).clear()  # the verdict has landed, record and all
+        if recordable:
+            with held_signals():  # a second Ctrl-C must not tear the record's line
+                engine.results.append(record)  # before the clean-up: other workers may be waiting for its scores
+                Journal(engine.state_dir, task.name, iteration).clear()  # the verdict has landed, record and all
         shutil.rmtree(scratch, ignore_errors=True)
     return record
 
@@ -99,10 +112,20 @@ def _recover(engine: Engine, task: Task) -> None:
 
 def _land(engine: Engine, task: Task, record: Record, contents: dict[str, Content | None],
           snapshot: tuple | None = None) -> None:
-    """Write the verdict's contents into the workspace, journaled first (see Journal)."""
+    """Write the verdict's contents into the workspace, journaled first (see Journal). Nothing lands unless its
+    record can be written; a file that cannot be replaced puts back the ones already replaced."""
+    engine.results.check_writable()
     before = {rel: read_content(task.rootdir, rel) for rel in contents}
-    Journal(engine.state_dir, task.name, record.iteration).write(asdict(record), contents, before, snapshot)
-    apply_contents(task.rootdir, contents)
+    try:
+        Journal(engine.state_dir, task.name, record.iteration).write(asdict(record), contents, before, snapshot)
+        try:
+            apply_contents(task.rootdir, contents)
+        except OSError:
+            replaced = {rel: before[rel] for rel in contents if read_content(task.rootdir, rel) != before[rel]}
+            apply_contents(task.rootdir, replaced)
+            raise
+    except (EngineError, OSError) as e:
+        raise LandingFailed(describe(e, engine.shown)) from e
     if snapshot is not None:
         Snapshot(engine.state_dir, task).save(*snapshot)
 
@@ -215,7 +238,8 @@ def _write_diff(engine: Engine, task: Task, record: Record, old: dict[str, Conte
         if old.get(rel) != new.get(rel):
             chunks.extend(difflib.unified_diff(text(old.get(rel)), text(new.get(rel)), f"a/{rel}", f"b/{rel}"))
     path = engine.logs_dir / task.name / f"{record.iteration}.diff"
-    path.write_text("".join(chunks), encoding="utf-8")
+    with naming(path):
+        path.write_text("".join(chunks), encoding="utf-8")
 
 
 def _commit(engine: Engine, task: Task, record: Record, paths: list[str]) -> None:

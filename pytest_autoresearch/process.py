@@ -49,12 +49,17 @@ def run_logged(command: str, cwd: Path, env: Mapping[str, str], timeout: float, 
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     write_lock = threading.Lock()
     stdout_chunks: list[bytes] = []
+    log_errors: list[OSError] = []  # a log that cannot be written (full disk): told once the process is done
 
     def pump(stream, keep: list[bytes] | None) -> None:
         while chunk := stream.read1(READ_CHUNK):
             with write_lock:
-                log.write(chunk)
-                log.flush()
+                if not log_errors:
+                    try:
+                        log.write(chunk)
+                        log.flush()
+                    except OSError as error:  # keep draining: a blocked pipe would hang the process
+                        log_errors.append(error)
             if keep is not None:
                 keep.append(chunk)
 
@@ -75,6 +80,8 @@ def run_logged(command: str, cwd: Path, env: Mapping[str, str], timeout: float, 
         proc.stdout.close()
         proc.stderr.close()
     seconds = time.perf_counter() - start
+    if log_errors:
+        raise OSError(log_errors[0].errno, log_errors[0].strerror, getattr(log, "name", None)) from log_errors[0]
     if timed_out:
         with write_lock:
             log.write(f"\n[autoresearch] killed after {timeout:g}s timeout\n".encode())

@@ -5,14 +5,16 @@ from __future__ import annotations
 import json
 import os
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from filelock import FileLock
 
-from .files import write_atomic
+from .errors import StorageUnwritable, describe, naming
+from .files import temp_prefix, write_atomic
 
 STATUSES = ("baseline", "keep", "discard", "crash", "rejected", "interrupted")
 
@@ -89,10 +91,26 @@ class ResultsStore:
         self.baseline_runs = Path(str(self.path) + ".baseline-runs")  # finished runs of baselines being scored
         self.warned: set[int] = set()  # line numbers already warned about
 
+    def check_writable(self) -> None:
+        """Raise StorageUnwritable unless records can be appended and state files created beside them; run
+        before anything lands, so that an iteration that could not be recorded changes nothing."""
+        with _writing(self.path):
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.path, "ab"):
+                pass
+            probe = self.path.with_name(temp_prefix(self.path) + "probe.tmp")
+            with naming(self.path.parent, instead=True):  # state files are created beside the results file
+                probe.write_bytes(b"")
+                probe.unlink()
+
     def append(self, record: Record) -> None:
         """Append one whole line. A process killed mid-write (SIGKILL, power loss) can leave a torn last
         line; the next append then starts on a fresh line so that only the torn one is lost."""
         line = record.to_json() + "\n"
+        with _writing(self.path):
+            self._append(line)
+
+    def _append(self, line: str) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.lock, open(self.path, "ab") as f:
             if f.tell() > 0:
@@ -162,7 +180,7 @@ class ResultsStore:
         return heads if isinstance(heads, dict) else {}
 
     def save_head(self, task: str, content_hash: str, iteration: int) -> None:
-        with self.lock:
+        with _writing(self.path), self.lock:
             heads = self.heads()
             heads[task] = {"hash": content_hash, "iteration": iteration}
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -170,7 +188,7 @@ class ResultsStore:
 
     def reserve_iteration(self, task: str) -> int:
         """Next iteration number for task, unique even across concurrent xdist workers."""
-        with self.lock:
+        with _writing(self.path), self.lock:
             recorded = self.last_iteration(task)
             try:
                 handed_out = json.loads(self.counters.read_text(encoding="utf-8"))
@@ -181,3 +199,14 @@ class ResultsStore:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             write_atomic(self.counters, json.dumps(handed_out))
             return number
+
+
+
+@contextmanager
+def _writing(path: Path) -> Iterator[None]:
+    """An OSError of the block becomes StorageUnwritable, naming the file (path when the OS names none)."""
+    try:
+        yield
+    except OSError as error:
+        where = describe(error) if error.filename is not None else f"{path}: {describe(error)}"
+        raise StorageUnwritable(f"cannot write the results store: {where}") from error

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from .engine import Engine
+from .errors import StorageUnwritable
 from .files import remove_dead_temp_files
 from .interrupts import TerminateAsInterrupt, interrupt_reason
 from .items import IterationItem, TaskFile, crash_stop
@@ -97,6 +98,10 @@ class AutoresearchSession:
         worker = getattr(config, "workerinput", {}).get("workerid", "main")
         self.engine = Engine(rootdir=options.rootdir, results=ResultsStore(options.results),
                              worker=worker, commit=options.commit)
+        try:  # before anything runs: an iteration that cannot be recorded must not start
+            self.engine.results.check_writable()
+        except StorageUnwritable as e:
+            raise pytest.UsageError(f"autoresearch: {e}") from None
         # each task's last iteration before this session: the summary covers the ones after
         self.since: dict[str, int] = {}
         for record in self.engine.results.records():

@@ -12,6 +12,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from .errors import naming
 from .files import process_alive, temp_prefix, write_atomic
 from .sandbox import Content, Link
 from .task import Task
@@ -20,31 +21,36 @@ from .task import Task
 def apply_contents(root: Path, contents: Mapping[str, Content | None]) -> None:
     """Write every path's new content (None: delete) so that root is never left half-applied:
     all new files are staged as temp files first (any failure removes them and changes nothing),
-    then each is renamed over its target, then deletions run."""
+    then each is renamed over its target, then deletions run. An OSError names the target file."""
     staged: list[tuple[Path, Path]] = []
     try:
         for rel, content in sorted(contents.items()):
             if content is None:
                 continue
             target = root / rel
-            target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_name(temp_prefix(target) + "apply.tmp")
-            if isinstance(content, Link):
-                os.symlink(content.target, tmp)
-            else:
-                tmp.write_bytes(content)
-                if target.exists() and not target.is_symlink():
-                    os.chmod(tmp, target.stat().st_mode & 0o7777)
+            with naming(target, instead=True):
+                target.parent.mkdir(parents=True, exist_ok=True)
+                tmp = target.with_name(temp_prefix(target) + "apply.tmp")
+                if isinstance(content, Link):
+                    os.symlink(content.target, tmp)
+                else:
+                    tmp.write_bytes(content)
+                    if target.exists() and not target.is_symlink():
+                        os.chmod(tmp, target.stat().st_mode & 0o7777)
             staged.append((tmp, target))
+        for k, (tmp, target) in enumerate(staged):
+            with naming(target, instead=True):  # e.g. an immutable file, or a folder where a file should go
+                os.replace(tmp, target)
+            staged[k] = (target, target)  # landed: nothing left to remove
     except BaseException:
-        for tmp, _ in staged:
-            tmp.unlink(missing_ok=True)
+        for tmp, target in staged:
+            if tmp != target:
+                tmp.unlink(missing_ok=True)
         raise
-    for tmp, target in staged:
-        os.replace(tmp, target)
     for rel, content in contents.items():
         if content is None:
-            (root / rel).unlink(missing_ok=True)
+            with naming(root / rel):
+                (root / rel).unlink(missing_ok=True)
 
 
 def _sha(content: Content) -> str:

@@ -1,5 +1,6 @@
-"""Shared fixtures: a tiny prepared cache (data shards + tokenizer) built from generated documents, so that
-every test runs on a fresh clone with nothing beside it."""
+"""Shared fixtures: `research` (a real inner `pytest --autoresearch` session in pytester's folder), and a tiny
+prepared cache (data shards + tokenizer) built from generated documents, so that every test runs on a fresh
+clone with nothing beside it."""
 
 from __future__ import annotations
 
@@ -7,11 +8,24 @@ from pathlib import Path
 
 import pytest
 
+from autoresearch_helpers import REPO_ROOT, plugin_args
 from generated_corpus import generated_documents
 
 TINY_TRAIN_ROWS = 300
 TINY_VAL_ROWS = 200
 TINY_VOCAB_SIZE = 512
+
+
+@pytest.fixture
+def research(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch):
+    """Run `pytest --autoresearch ...` in process inside pytester's folder (its own rootdir)."""
+    monkeypatch.setenv("PYTHONPATH", str(REPO_ROOT))
+    pytester.makeini("[pytest]\n")  # pin the rootdir to the tmp repo
+
+    def run(*args: str) -> pytest.RunResult:
+        return pytester.runpytest_inprocess(*plugin_args(), "--autoresearch", "-p", "no:cacheprovider", *args)
+    return run
+
 
 def write_corpus_slice(dest: Path, train_rows: int = TINY_TRAIN_ROWS, val_rows: int = TINY_VAL_ROWS) -> Path:
     """A --source folder of generated documents: train.parquet (train_rows) and shard_val.parquet (val_rows)."""
