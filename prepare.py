@@ -12,6 +12,7 @@ This file is fixed: agents edit train.py only, so data, tokenizer and metric sta
 
 import argparse
 import bisect
+import hashlib
 import io
 import itertools
 import json
@@ -452,6 +453,14 @@ class Tokenizer:
     def decode(self, ids):
         return self.enc.decode(ids)
 
+    def fingerprint(self):
+        """A digest of every token's bytes in id order: the same for equal encodings, wherever they were loaded."""
+        digest = hashlib.sha256()
+        for i in range(self.enc.n_vocab):
+            piece = self.enc.decode_single_token_bytes(i)
+            digest.update(len(piece).to_bytes(4, "little") + piece)
+        return digest.hexdigest()
+
 
 def get_token_bytes(device="cpu"):
     """int32 tensor [vocab]: UTF-8 byte length of each token, 0 for special tokens."""
@@ -569,10 +578,32 @@ def _val_token_batches(tokenizer, min_tokens):
         yield from _token_batches(tokenizer, "val")
 
 
+def _val_rows_path(tokenizer, T, num_rows):
+    """Where the packed val rows for this tokenizer, val shard, T, num_rows and PACK_BUFFER are kept: the name
+    holds a digest of all five, so a retrained tokenizer or a rebuilt shard never meets stale rows."""
+    digest = hashlib.sha256(tokenizer.fingerprint().encode())
+    with open(os.path.join(data_dir(), VAL_FILENAME), "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    digest.update(f"{T}:{num_rows}:{PACK_BUFFER}".encode())
+    return os.path.join(tokenizer_dir(), f"val_rows-{digest.hexdigest()[:16]}.pt")
+
+
 def val_rows(tokenizer, T, num_rows):
-    """The rows val_bpb scores, of T + 1 tokens: at most num_rows, whatever the batch size (see evaluate_bpb)."""
-    rows = pack_rows(_val_token_batches(tokenizer, num_rows * T), T + 1, PACK_BUFFER)
-    return itertools.islice(rows, num_rows)
+    """The rows val_bpb scores, of T + 1 tokens, as a (rows, T + 1) int64 tensor: at most num_rows, whatever
+    the batch size (see evaluate_bpb). Packed once and then kept beside the tokenizer: tokenizing and packing
+    ~21 M tokens takes seconds of host time that every experiment's evaluation would otherwise wait for."""
+    path = _val_rows_path(tokenizer, T, num_rows)
+    try:
+        return torch.load(path).long()
+    except FileNotFoundError:
+        pass
+    rows = list(itertools.islice(pack_rows(_val_token_batches(tokenizer, num_rows * T), T + 1, PACK_BUFFER), num_rows))
+    packed = torch.tensor(rows, dtype=torch.int32).reshape(len(rows), T + 1)
+    buffer = io.BytesIO()
+    torch.save(packed, buffer)
+    _atomic_write_bytes(path, buffer.getvalue())
+    return packed.long()
 
 
 @torch.no_grad()
@@ -606,25 +637,23 @@ def evaluate_bpb(model, tokenizer, batch_size):
     total_bytes = torch.zeros((), dtype=torch.int64, device=device)
     was_training = model.training
     model.eval()
-    done = 0
+    done = len(rows)
+    if done == 0:
+        raise ValueError(f"{data_dir()}: {VAL_FILENAME} holds less than one row of {MAX_SEQ_LEN + 1} tokens")
     try:
-        while batch := list(itertools.islice(rows, batch_size)):
-            scored = len(batch)
-            if done and scored < batch_size:
+        for start in range(0, done, batch_size):
+            batch = rows[start:start + batch_size]
+            if start and len(batch) < batch_size:
                 # pad a short last batch with BOS rows, whose targets count nothing: every batch then has one
                 # shape, and a compiled model is not compiled again for the last one
-                batch += [[bos] * (MAX_SEQ_LEN + 1)] * (batch_size - scored)
-            packed = torch.tensor(batch, dtype=torch.long)
-            x, y = torch.stack((packed[:, :-1], packed[:, 1:])).to(device)  # contiguous, like the dataloader's
+                batch = torch.cat([batch, torch.full((batch_size - len(batch), MAX_SEQ_LEN + 1), bos)])
+            x, y = torch.stack((batch[:, :-1], batch[:, 1:])).to(device)  # contiguous, like the dataloader's
             loss = model(x, y, reduction="none").reshape(-1)
             nbytes = token_bytes[y.reshape(-1)]
             total_nats += torch.where(nbytes > 0, loss, 0.0).sum(dtype=accumulate)
             total_bytes += nbytes.sum()
-            done += scored
     finally:
         model.train(was_training)
-    if done == 0:
-        raise ValueError(f"{data_dir()}: {VAL_FILENAME} holds less than one row of {MAX_SEQ_LEN + 1} tokens")
     if done < num_rows:
         print(f"note: val split holds only {done * MAX_SEQ_LEN:,} of EVAL_TOKENS={EVAL_TOKENS:,} tokens; val_bpb uses those")
     return total_nats.item() / (math.log(2) * total_bytes.item())
@@ -649,6 +678,8 @@ def main(argv=None):
         else:
             download_data(MAX_SHARD if args.num_shards == -1 else args.num_shards, args.download_workers)
         train_tokenizer()
+        rows = val_rows(Tokenizer.from_directory(), MAX_SEQ_LEN, EVAL_TOKENS // MAX_SEQ_LEN)  # packed once, here
+        print(f"val rows: {len(rows):,} of {MAX_SEQ_LEN + 1} tokens, kept beside the tokenizer")
     except PrepareError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.nn.attention import SDPBackend
 from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
 from prepare import MAX_SEQ_LEN, TIME_BUDGET, Tokenizer, cache_dir, evaluate_bpb, make_dataloader
@@ -106,10 +106,22 @@ def apply_rotary(x, cos, sin):
     return torch.cat([x1 * cos + x2 * sin, x2 * cos - x1 * sin], dim=-1)
 
 
+def fused_causal(backend):
+    """Causal attention, (B, H, T, D) layout, by one SDPA back-end's own op. Calling the op rather than
+    scaled_dot_product_attention inside sdpa_kernel() keeps the back-end choice out of the compiled graph:
+    a graph that holds that context manager is never served from AOTAutograd's cache, so every warm start
+    would trace and partition the whole model again."""
+    if backend == SDPBackend.CUDNN_ATTENTION:
+        return lambda q, k, v: torch.ops.aten._scaled_dot_product_cudnn_attention(q, k, v, None, True, is_causal=True)[0]
+    if backend == SDPBackend.FLASH_ATTENTION:
+        return lambda q, k, v: torch.ops.aten._scaled_dot_product_flash_attention(q, k, v, is_causal=True)[0]
+    raise ValueError(f"no fused causal op for {backend}")
+
+
 class Attention:
     """How attention is computed. Picked once at start-up, shared by every layer.
 
-    full:   "sdpa" (causal SDPA restricted to `sdpa_backends`), "flash_attn" (installed package) or "masked"
+    full:   "sdpa" (causal SDPA; with `sdpa_backends`, the first one's fused op), "flash_attn" (installed package) or "masked"
     banded: "flex" (FlexAttention with block masks built once), "flash_attn" or "masked" (SDPA + boolean band mask)
     """
 
@@ -153,8 +165,7 @@ class Attention:
             mask = self.band_masks[window][:T, :T] if T <= self.seq_len else band_mask(T, window, q.device)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         elif kind == "sdpa" and self.sdpa_backends:
-            with sdpa_kernel(self.sdpa_backends):
-                y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            y = fused_causal(self.sdpa_backends[0])(q, k, v)
         else:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         return y.transpose(1, 2)
@@ -478,6 +489,15 @@ def use_persistent_compile_cache():
     return inductor
 
 
+def compile_cache_line():
+    """What the compile caches served so far: a warm start should show hits, no misses and no bypasses."""
+    from torch._dynamo.utils import counters
+    fx, aot = counters["inductor"], counters["aot_autograd"]
+    return (f"compile cache: graphs {counters['stats']['unique_graphs']} | inductor hit {fx['fxgraph_cache_hit']} "
+            f"miss {fx['fxgraph_cache_miss']} bypass {fx['fxgraph_cache_bypass']} | autograd hit "
+            f"{aot['autograd_cache_hit']} miss {aot['autograd_cache_miss']} bypass {aot['autograd_cache_bypass']}")
+
+
 def time_cuda(fn, warmup=3, iters=10):
     for _ in range(warmup):  # cuDNN builds and caches its execution plan over the first calls
         fn()
@@ -500,9 +520,8 @@ def pick_sdpa_backend(B, H, T, D, dtype, device):
     q, k, v = (torch.randn(B, H, T, D, device=device, dtype=dtype, requires_grad=True) for _ in range(3))
     timings = {}
     for backend in (SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION):
-        def fwd_bwd():
-            with sdpa_kernel([backend]):
-                F.scaled_dot_product_attention(q, k, v, is_causal=True).sum().backward()
+        def fwd_bwd(attend=fused_causal(backend)):
+            attend(q, k, v).sum().backward()
         try:
             timings[backend] = time_cuda(fwd_bwd)
         except Exception as e:  # back-end unsupported on this card / build / shape
@@ -851,6 +870,8 @@ def main():
     run.sync()
     clock.lap("compile model + first micro-step" if compiled else "first micro-step")
     print(f"attention: {attention.name()} | compiled: {compiled} | first step done at {time.time() - T_PROCESS_START:.1f}s")
+    if compiled:
+        print(compile_cache_line())
     print(f"parameters: {model.num_params():,} | flops/token: {model.flops_per_token():.3e} | grad accumulation: {run.grad_accum}")
     optimizer = build_optimizer(model, compile_updates=compiled and COMPILE_OPTIMIZER,
                                 ns_dtype=torch.bfloat16 if run.bf16 else torch.float32)

@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
 # Issue 8 on one H200 (CI never runs this; BENCHMARKS.md §5 says how it was used). Runs the jobs named in
 # $JOBS one after the other, on a corpus built once on the host, and logs each under OUT_DIR:
-#   ours:NAME:BUDGET:cold|warm   this repo's train.py in a copy whose TIME_BUDGET is BUDGET seconds; "cold"
-#                                empties its compile caches first, "warm" keeps those of the last run
-#   upstream:NAME:BUDGET:cold|warm   the same through .upstream/run.sh, a local, uncommitted copy of
+#   ours:NAME:BUDGET:cold|warm[:SETTINGS]   this repo's train.py in a copy whose TIME_BUDGET is BUDGET seconds;
+#                                "cold" empties its compile caches first, "warm" keeps those of the last run;
+#                                SETTINGS: comma-separated KEY=VALUE, a train.py constant to set (e.g.
+#                                COMPILE_REGIONS=False), or SEED=N for AUTORESEARCH_SEED
+#   upstream:NAME:BUDGET:cold|warm[:SEED=N]   the same through .upstream/run.sh, a local, uncommitted copy of
 #                                karpathy/autoresearch run offline (see BENCHMARKS.md §5), skipped if absent
-#   profile                      tests/bench_step.py on the default config: step time, kernel-time breakdown
+#   profile[:NAME[:SETTINGS]]    tests/bench_step.py on the default config (or SETTINGS): step time, kernel breakdown
+#   attention                    tests/bench_attention.py: the banded attention's methods, timed and checked
 # Corpus: every .py file of the host's site-packages, split by file into train and a pinned val shard that
 # holds more than EVAL_TOKENS (a third of the files, ~130 M chars), so val_bpb scores EVAL_TOKENS exactly as the upstream does.
 # Usage: JOBS="ours:o-cold:10:cold ours:o-100:100:warm" bash .ci/device-h200.sh OUT_DIR   (carry .whl/)
+#        JOBS="attention profile:p-whole:COMPILE_REGIONS=False" bash .ci/device-h200.sh OUT_DIR
 set -u
 OUT=${1:?usage: device-h200.sh OUT_DIR}; mkdir -p "$OUT"
 ROOT=$PWD
@@ -51,24 +55,40 @@ PY
   echo "corpus built in $((SECONDS - SECONDS_AT)) s" >> "$OUT/corpus.log"
 fi
 
-run_ours() {  # NAME BUDGET cold|warm
-  local dir=/tmp/ours-$1
-  rm -rf "$dir"; mkdir -p "$dir"; cp prepare.py train.py "$dir/"
+copy_ours() {  # DIR BUDGET SETTINGS: prints the seed to use
+  local dir=$1 seed=42 setting
+  rm -rf "$dir"; mkdir -p "$dir/tests"; cp prepare.py train.py "$dir/"; cp tests/bench_*.py "$dir/tests/"
   sed -i -E "s/^TIME_BUDGET = 300( |$)/TIME_BUDGET = $2\1/" "$dir/prepare.py"
+  for setting in ${3//,/ }; do
+    case $setting in
+      SEED=*) seed=${setting#SEED=} ;;
+      *=*) grep -q "^${setting%%=*} = " "$dir/train.py" || { echo "no constant ${setting%%=*}" >&2; return 1; }
+           sed -i -E "s/^(${setting%%=*}) = [^#]*/\1 = ${setting#*=}  /" "$dir/train.py" ;;
+    esac
+  done
+  echo "$seed"
+}
+
+run_ours() {  # NAME BUDGET cold|warm SETTINGS
+  local dir=/tmp/ours-$1 seed
+  seed=$(copy_ours "$dir" "$2" "$4") || return 1
   [ "$3" = cold ] && rm -rf /tmp/cache-big/compile "${TORCHINDUCTOR_CACHE_DIR:-}" "${TRITON_CACHE_DIR:-}"
   local t0=$SECONDS
-  (cd "$dir" && python3 train.py) > "$OUT/$1.log" 2>&1
+  (cd "$dir" && AUTORESEARCH_SEED=$seed python3 train.py) > "$OUT/$1.log" 2>&1
   echo "rc $? wall_seconds $((SECONDS - t0))" >> "$OUT/$1.log"
 }
 
 for job in ${JOBS:?set JOBS}; do
-  IFS=: read -r side name budget caches <<< "$job"
+  IFS=: read -r side name budget caches settings <<< "$job"
   echo "== $job at ${SECONDS}s"
   case $side in
-    ours) run_ours "$name" "$budget" "$caches" ;;
-    upstream) [ -x .upstream/run.sh ] && .upstream/run.sh "$name" "$budget" "$caches" "$OUT" ;;
-    profile) python3 tests/bench_step.py > "$OUT/profile.log" 2>&1; echo "rc $?" >> "$OUT/profile.log" ;;
+    ours) run_ours "$name" "$budget" "$caches" "$settings" ;;
+    upstream) [ -x .upstream/run.sh ] && .upstream/run.sh "$name" "$budget" "$caches" "$OUT" "${settings#SEED=}" ;;
+    profile)  # profile[:NAME[:SETTINGS]]: here the third field holds the settings
+      name=${name:-profile}; copy_ours "/tmp/ours-$name" 300 "$budget" > /dev/null &&
+        (cd "/tmp/ours-$name" && PYTHONPATH=/tmp/ours-$name:$PYTHONPATH python3 tests/bench_step.py) > "$OUT/$name.log" 2>&1; echo "rc $?" >> "$OUT/$name.log" ;;
+    attention) name=attention; python3 tests/bench_attention.py > "$OUT/attention.log" 2>&1; echo "rc $?" >> "$OUT/attention.log" ;;
   esac
-  grep -E "^(startup:|val_bpb|training_seconds|total_seconds|startup_seconds|eval_seconds|mfu_percent|num_steps|rc )" "$OUT/$name.log" 2>/dev/null
+  grep -E "^(startup:|compile cache:|method:|step_ms:|kind:|val_bpb|training_seconds|total_seconds|startup_seconds|eval_seconds|mfu_percent|num_steps|rc )" "$OUT/$name.log" 2>/dev/null
 done
 echo "== done at ${SECONDS}s"

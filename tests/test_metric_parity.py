@@ -174,7 +174,7 @@ def test_val_bpb_is_the_upstreams_number_at_its_batch_size_and_ours_at_every_bat
 def test_the_rows_are_the_upstreams_rows(parity, monkeypatch):
     tokenizer, _ = parity
     num_rows = 5 * UPSTREAM_BATCH_SIZE
-    ours = list(prepare.val_rows(tokenizer, T, num_rows))
+    ours = prepare.val_rows(tokenizer, T, num_rows).tolist()
     theirs = list(itertools.islice(reference_rows(reference_doc_batches(tokenizer, val_path()), T + 1, 1000), num_rows))
     assert len(ours) == num_rows and ours == theirs
 

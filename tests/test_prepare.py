@@ -281,6 +281,46 @@ def test_val_bpb_scores_the_same_rows_whatever_the_batch_size(tokenizer, tiny_ca
         assert out.count(f"note: val split holds only {len(one_pass) * SHORT_T:,} of EVAL_TOKENS") == len(results)
 
 
+def test_val_rows_are_packed_once_then_loaded_and_repacked_when_an_input_changes(tiny_cache, tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    shutil.copytree(tiny_cache, cache, ignore=shutil.ignore_patterns("val_rows-*"))  # other tests' rows
+    monkeypatch.setenv("AUTORESEARCH_CACHE", str(cache))
+    monkeypatch.setattr(prepare, "MAX_SEQ_LEN", SHORT_T)
+    monkeypatch.setattr(prepare, "EVAL_TOKENS", 50 * SHORT_T)
+    tokenizer = prepare.Tokenizer.from_directory()
+    first = prepare.evaluate_bpb(RecordingModel(positional_loss), tokenizer, batch_size=7)
+    kept = list((cache / "tokenizer").glob("val_rows-*.pt"))
+    assert len(kept) == 1
+    packs = []
+    real_pack_rows = prepare.pack_rows
+    monkeypatch.setattr(prepare, "pack_rows", lambda *a, **k: packs.append(a) or real_pack_rows(*a, **k))
+    again = RecordingModel(positional_loss)
+    assert prepare.evaluate_bpb(again, tokenizer, batch_size=7) == first and packs == []  # loaded, not packed
+    assert torch.equal(torch.cat(again.targets)[:50], val_rows(tokenizer, tiny_cache, SHORT_T, passes=None)[:50, 1:])
+    # any input of the rows changes the file they are kept in: row length, count, buffer, val shard, tokenizer
+    path = prepare._val_rows_path(tokenizer, SHORT_T, 50)
+    assert prepare._val_rows_path(tokenizer, SHORT_T + 1, 50) != path
+    assert prepare._val_rows_path(tokenizer, SHORT_T, 51) != path
+    monkeypatch.setattr(prepare, "PACK_BUFFER", 999)
+    assert prepare._val_rows_path(tokenizer, SHORT_T, 50) != path
+    monkeypatch.setattr(prepare, "PACK_BUFFER", 1000)
+    val_shard = cache / "data" / prepare.VAL_FILENAME
+    pq.write_table(pa.table({"text": ["another val split"] * 3}), val_shard)
+    assert prepare._val_rows_path(tokenizer, SHORT_T, 50) != path
+    shutil.copy(tiny_cache / "data" / prepare.VAL_FILENAME, val_shard)
+    assert prepare._val_rows_path(tokenizer, SHORT_T, 50) == path
+    retrained = prepare.Tokenizer(tiktoken_with_one_token_fewer(tokenizer))
+    assert prepare._val_rows_path(retrained, SHORT_T, 50) != path
+
+
+def tiktoken_with_one_token_fewer(tokenizer):
+    import tiktoken
+    enc = tokenizer.enc
+    ranks = {enc.decode_single_token_bytes(i): i for i in range(enc.n_vocab - len(prepare.SPECIAL_TOKENS) - 1)}
+    specials = {name: len(ranks) + i for i, name in enumerate(prepare.SPECIAL_TOKENS)}
+    return tiktoken.Encoding(name="fewer", pat_str=enc._pat_str, mergeable_ranks=ranks, special_tokens=specials)
+
+
 def test_default_eval_set_is_whole_batches_of_the_default_batch_size():
     assert prepare.EVAL_TOKENS % (128 * prepare.MAX_SEQ_LEN) == 0  # so B=128 needs no final partial batch
 

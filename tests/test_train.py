@@ -329,6 +329,37 @@ def test_prefetch_yields_in_order_then_reraises_the_loaders_error():
 # ---------------------------------------------------------------------------
 
 @pytest.mark.gpu
+def test_the_compiled_model_is_one_graph_the_autograd_cache_can_serve_on_cuda(tmp_path, monkeypatch):
+    # a warm start must load the model's forward/backward split, not trace and partition it again: nothing in the
+    # graph may make AOTAutograd's cache refuse it (strict mode raises, naming what it refused)
+    import torch._functorch.config
+    import torch._inductor.config
+    from torch._dynamo.utils import counters
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path / "triton"))
+    monkeypatch.setattr(torch._inductor.config, "fx_graph_cache", True)
+    monkeypatch.setattr(torch._functorch.config, "enable_autograd_cache", True)
+    monkeypatch.setattr(torch._functorch.config, "strict_autograd_cache", True)
+    device = torch.device("cuda")
+    T = 256
+    attention = train.Attention("sdpa", "flex", train.pick_sdpa_backend(4, 2, T, 64, torch.bfloat16, device))
+    config = train.GPTConfig(sequence_len=T, vocab_size=256, n_layer=2, n_head=2, n_embd=128, window_pattern="SL")
+    with torch.device(device):
+        model = train.GPT(config, attention)
+    model.init_weights(low_precision=torch.bfloat16)
+    attention.prepare(model.windows, T, device)
+    idx = torch.randint(0, 256, (4, T), device=device)
+    torch._dynamo.reset()
+    counters.clear()
+    compiled = torch.compile(model, dynamic=False, fullgraph=True)
+    with torch.amp.autocast(device_type="cuda", dtype=torch.bfloat16):
+        compiled(idx, idx, reduction="none").mean().backward()
+    assert counters["aot_autograd"]["autograd_cache_bypass"] == 0
+    assert counters["aot_autograd"]["autograd_cache_miss"] + counters["aot_autograd"]["autograd_cache_hit"] == 1
+    torch._dynamo.reset()
+
+
+@pytest.mark.gpu
 def test_compiled_flex_and_sdpa_match_masked_attention_on_cuda():
     device = torch.device("cuda")
     T = 256
