@@ -12,13 +12,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from filelock import FileLock, Timeout
+from filelock import Timeout
 
 from .files import write_atomic
 from .policy import Decision
-from .results import Record, ResultsStore, mean
+from .results import Record, mean
 from .run import score_once
 from .sandbox import Content, copy_tree, read_contents, scan
+from .storage import Storage
 from .task import Task
 from .workspace import apply_contents, protected_hashes
 
@@ -41,22 +42,17 @@ def runner_seed(task: Task, iteration: int, run: int) -> int:
 @dataclass(frozen=True)
 class Engine:
     rootdir: Path
-    results: ResultsStore
+    storage: Storage  # every file the engine writes
     worker: str  # "main" or an xdist worker id
     commit: bool
 
     @property
-    def state_dir(self) -> Path:
-        return self.rootdir / "work" / "autoresearch"
-
-    @property
-    def logs_dir(self) -> Path:
-        return self.rootdir / "work" / "logs"
-
-    def lock(self, name: str) -> FileLock:
-        path = self.state_dir / "locks" / f"{name}.lock"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return FileLock(str(path))
+    def storage_in_tree(self) -> frozenset[str]:
+        """The storage folder, repo-relative, when it lies inside the repository: never copied into a sandbox."""
+        try:
+            return frozenset({self.storage.root.relative_to(self.rootdir).as_posix()})
+        except ValueError:
+            return frozenset()
 
     def shown(self, path: Path) -> str:
         """A path as records and reports show it: repo-relative when inside the repository."""
@@ -84,7 +80,7 @@ class Engine:
     def env(self, task: Task, record: Record, seed: int, sandbox: Path, extra: dict[str, str]) -> dict[str, str]:
         env = dict(os.environ)
         env.update(AUTORESEARCH_TASK=task.name, AUTORESEARCH_ITERATION=str(record.iteration),
-                   AUTORESEARCH_RESULTS=str(self.results.path), AUTORESEARCH_SEED=str(seed),
+                   AUTORESEARCH_RESULTS=str(self.storage.results.path), AUTORESEARCH_SEED=str(seed),
                    AUTORESEARCH_BASELINE_SCORE="" if record.baseline_score is None else repr(record.baseline_score),
                    AUTORESEARCH_TASK_FILE=str(self._in_sandbox(task.path, sandbox)),
                    AUTORESEARCH_ARTIFACTS=os.pathsep.join(task.artifacts),
@@ -120,7 +116,7 @@ class Engine:
             runs = self._baseline_runs(task, record, source, baseline, scratch, extra_env)
             if runs is None:
                 return False
-            with self.lock(f"baseline-{task.name}-{content_hash}"):  # one baseline record, whoever finishes
+            with self.storage.lock(f"baseline-{task.name}-{content_hash}"):  # one baseline record, whoever finishes
                 scores = self.scores_for(task, content_hash)
                 if len(scores) < task.policy.repeats:
                     scores = self._record_baseline(task, record, runs, time.perf_counter() - start)
@@ -130,7 +126,7 @@ class Engine:
 
     def scores_for(self, task: Task, content_hash: str) -> list[float]:
         """The baseline scores on record for this content (a keep's own scores only under greedy)."""
-        return self.results.scores_for(task.name, content_hash, reuse_kept=task.policy.kind in REUSES_KEPT_SCORES)
+        return self.storage.results.scores_for(task.name, content_hash, reuse_kept=task.policy.kind in REUSES_KEPT_SCORES)
 
     def _baseline_runs(self, task: Task, record: Record, source: Path, baseline: dict[str, Content],
                        scratch: Path, extra_env: dict[str, str]) -> list[dict[str, Any]] | None:
@@ -140,7 +136,7 @@ class Engine:
         while a single process simply runs them in turn. Finished runs are kept beside results.jsonl
         (<results>.baseline-runs/, atomic JSON), so an interruption loses only the runs in flight; a saved
         run counts only for the same runner, metric and protected files (its `setup`)."""
-        folder = self.results.baseline_runs / task.name / str(record.baseline_hash)
+        folder = self.storage.results.baseline_runs / task.name / str(record.baseline_hash)
         folder.mkdir(parents=True, exist_ok=True)
         sandbox = scratch / "baseline"
         protected = protected_hashes(task, read_contents(source, [rel for rel in scan(source) if task.is_protected(rel)]))
@@ -149,12 +145,11 @@ class Engine:
 
         def run(r: int) -> dict[str, Any] | None:
             if not sandbox.exists():
-                copy_tree(source, sandbox)
+                copy_tree(source, sandbox, self.storage_in_tree)
                 present = self.artifacts_in(task, sandbox)
                 apply_contents(sandbox, {**{rel: None for rel in present if rel not in baseline}, **baseline})
             name = "" if task.policy.repeats == 1 else f"-run{r + 1}"
-            log_path = self.logs_dir / task.name / f"baseline-{record.baseline_hash}{name}.log"
-            log_path.parent.mkdir(parents=True, exist_ok=True)
+            log_path = self.storage.baseline_log(task.name, f"baseline-{record.baseline_hash}{name}")
             seed = runner_seed(task, 0, r)
             env = self.env(task, replace(record, iteration=0, baseline_score=None), seed, sandbox, extra_env)
             with open(log_path, "wb") as log:
@@ -174,7 +169,7 @@ class Engine:
                     runs[r] = found
                 if r in runs:
                     continue
-                lock = self.lock(f"baseline-{task.name}-{record.baseline_hash}-run{r}")
+                lock = self.storage.lock(f"baseline-{task.name}-{record.baseline_hash}-run{r}")
                 try:
                     lock.acquire(timeout=-1 if wait else 0)
                 except Timeout:
@@ -200,7 +195,7 @@ class Engine:
                                  metrics=runs[-1]["metrics"], reason=reason, description="baseline")
         baseline_record.runner_s = round(sum(run["seconds"] for run in runs), 3)
         baseline_record.duration_s = round(wall_s, 3)
-        self.results.append(baseline_record)
+        self.storage.results.append(baseline_record)
         return scores
 
     def score_runs(self, task: Task, record: Record, sandbox: Path, log: BinaryIO,

@@ -82,7 +82,7 @@ def autoresearch_loop(request: pytest.FixtureRequest, autoresearch_engine: Engin
 def crash_stop(config: pytest.Config, engine: Engine, task: str, since: int) -> str | None:
     """Why the task is stopped by --autoresearch-max-crashes (K crashes in a row this session), else None."""
     limit = config.getoption("autoresearch_max_crashes")
-    crashes = engine.results.crashes_in_a_row(task, since) if limit else []
+    crashes = engine.storage.results.crashes_in_a_row(task, since) if limit else []
     if len(crashes) < limit or not crashes:
         return None
     last = crashes[-1]
@@ -92,7 +92,7 @@ def crash_stop(config: pytest.Config, engine: Engine, task: str, since: int) -> 
 
 def _check_patience(request: pytest.FixtureRequest, engine: Engine, item: IterationItem, stop: bool = False) -> None:
     patience = request.config.getoption("autoresearch_patience")
-    if patience and engine.results.misses_in_a_row(item.task.name, item.since) >= patience:
+    if patience and engine.storage.results.misses_in_a_row(item.task.name, item.since) >= patience:
         if stop and item.record is not None:
             raise _StopLoop()
         pytest.skip(f"patience: {patience} iterations in a row without a keep")
@@ -142,8 +142,8 @@ class TaskFile(pytest.File):
             self.warn(TaskWarning(f"{engine.shown(self.path)}: {unmatched} matches no file under {engine.rootdir}"))
         if self.config.getoption("autoresearch_reset") and task.workspace_mode:
             # before any iteration: under xdist every worker collects before the first item is scheduled
-            Snapshot(engine.state_dir, task).forget()
-        since = engine.results.last_iteration(task.name)
+            Snapshot(engine.storage.state_dir, task).forget()
+        since = engine.storage.results.last_iteration(task.name)
         iterations = self.config.getoption("autoresearch_iterations")
         if iterations == 0:  # one endless loop per xdist worker, so -n N still runs N iterations at once
             workers = getattr(self.config, "workerinput", {}).get("workercount", 1)

@@ -31,8 +31,8 @@ SETTLED = ("keep", "discard", "rejected")  # set only once the workspace is fina
 
 def run_iteration(engine: Engine, task: Task, description: str = "") -> Record:
     """Run one iteration of task and append its record (whatever happens) to results.jsonl."""
-    iteration = engine.results.reserve_iteration(task.name)
-    log_path = engine.logs_dir / task.name / f"{iteration}.log"
+    iteration = engine.storage.reserve_iteration(task.name)
+    log_path = engine.storage.logs_dir / task.name / f"{iteration}.log"
     record = Record(task=task.name, iteration=iteration, status="crash", metric=task.metric,
                     direction=task.direction, started_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                     worker=engine.worker, log=engine.shown(log_path), description=description)
@@ -44,16 +44,16 @@ def run_iteration(engine: Engine, task: Task, description: str = "") -> Record:
             extra_env: dict[str, str] = {}
             if task.gpus:  # the lease is held for the whole iteration: its runs never share a GPU
                 try:
-                    devices, waited = held.enter_context(gpu_lease(engine.state_dir / "locks", engine.worker, task.gpus))
+                    devices, waited = held.enter_context(gpu_lease(engine.storage.state_dir / "locks", engine.worker, task.gpus))
                 except RuntimeError as e:  # too few GPUs: a crash of this iteration, not of the engine
                     record.reason = str(e)
                     return record
                 extra_env, record.gpu_wait_s = {"CUDA_VISIBLE_DEVICES": devices}, round(waited, 3)
-            with naming(log_path):
-                log_path.parent.mkdir(parents=True, exist_ok=True)
+            log_path = engine.storage.iteration_log(task.name, iteration)  # N.log, unless an earlier one holds it
+            record.log = engine.shown(log_path)
             with open(log_path, "wb") as log, naming(log_path):
                 if task.workspace_mode:
-                    with engine.lock(f"task-{task.name}"):  # the workspace is one shared candidate
+                    with engine.storage.lock(f"task-{task.name}"):  # the workspace is one shared candidate
                         _workspace_iteration(engine, task, record, scratch, log, extra_env)
                 else:
                     _sandbox_iteration(engine, task, record, scratch, log, extra_env)
@@ -80,8 +80,8 @@ def run_iteration(engine: Engine, task: Task, description: str = "") -> Record:
         record.duration_s = round(time.perf_counter() - start, 3)
         if recordable:
             with held_signals():  # a second Ctrl-C must not tear the record's line
-                engine.results.append(record)  # before the clean-up: other workers may be waiting for its scores
-                Journal(engine.state_dir, task.name, iteration).clear()  # the verdict has landed, record and all
+                engine.storage.results.append(record)  # before the clean-up: other workers may be waiting for its scores
+                Journal(engine.storage.state_dir, task.name, iteration).clear()  # the verdict has landed, record and all
         shutil.rmtree(scratch, ignore_errors=True)
     return record
 
@@ -90,8 +90,8 @@ def _recover(engine: Engine, task: Task) -> None:
     """Land what a killed process had decided (called holding the task lock, before the workspace is read):
     a journal without its record is rolled forward and its record appended; one whose record made it only
     needs removing (its contents landed before the record was written)."""
-    for path, record, contents, before, snapshot in Journal.leftovers(engine.state_dir, task.name):
-        if not any(int(r.get("iteration", 0)) == record["iteration"] for r in engine.results.records(task.name)):
+    for path, record, contents, before, snapshot in Journal.leftovers(engine.storage.state_dir, task.name):
+        if not any(int(r.get("iteration", 0)) == record["iteration"] for r in engine.storage.results.records(task.name)):
             # apply_contents' staged files beside the targets, from the killed apply
             remove_dead_temp_files(tmp for rel in contents for tmp in (task.rootdir / rel).parent.glob(".*.tmp"))
             # only files still as the killed process found or left them: an edit made since is never lost
@@ -101,12 +101,12 @@ def _recover(engine: Engine, task: Task) -> None:
             if edited:
                 record["reason"] += f" (left as found, edited since the kill: {', '.join(edited[:3])})"
             if snapshot is not None:
-                Snapshot(engine.state_dir, task).save(*snapshot)
+                Snapshot(engine.storage.state_dir, task).save(*snapshot)
             elif record["status"] == "keep":
-                engine.results.save_head(task.name, hash_contents(engine.artifacts_in(task, task.rootdir)),
+                engine.storage.results.save_head(task.name, hash_contents(engine.artifacts_in(task, task.rootdir)),
                                          record["iteration"])
             record["reason"] += " (landed after its process was killed)"
-            engine.results.append(Record(**record))
+            engine.storage.results.append(Record(**record))
         path.unlink(missing_ok=True)
 
 
@@ -114,10 +114,10 @@ def _land(engine: Engine, task: Task, record: Record, contents: dict[str, Conten
           snapshot: tuple | None = None) -> None:
     """Write the verdict's contents into the workspace, journaled first (see Journal). Nothing lands unless its
     record can be written; a file that cannot be replaced puts back the ones already replaced."""
-    engine.results.check_writable()
+    engine.storage.results.check_writable()
     before = {rel: read_content(task.rootdir, rel) for rel in contents}
     try:
-        Journal(engine.state_dir, task.name, record.iteration).write(asdict(record), contents, before, snapshot)
+        Journal(engine.storage.state_dir, task.name, record.iteration).write(asdict(record), contents, before, snapshot)
         try:
             apply_contents(task.rootdir, contents)
         except OSError:
@@ -127,7 +127,7 @@ def _land(engine: Engine, task: Task, record: Record, contents: dict[str, Conten
     except (EngineError, OSError) as e:
         raise LandingFailed(describe(e, engine.shown)) from e
     if snapshot is not None:
-        Snapshot(engine.state_dir, task).save(*snapshot)
+        Snapshot(engine.storage.state_dir, task).save(*snapshot)
 
 
 # ----------------------------------------------------------------------------
@@ -137,9 +137,9 @@ def _land(engine: Engine, task: Task, record: Record, contents: dict[str, Conten
 def _sandbox_iteration(engine: Engine, task: Task, record: Record, scratch: Path, log: BinaryIO,
                        extra_env: dict[str, str]) -> None:
     sandbox = scratch / "sandbox"
-    with engine.lock(f"task-{task.name}"):  # never copy the workspace while a keep is landing
+    with engine.storage.lock(f"task-{task.name}"):  # never copy the workspace while a keep is landing
         _recover(engine, task)
-        before = copy_tree(task.rootdir, sandbox)
+        before = copy_tree(task.rootdir, sandbox, engine.storage_in_tree)
     baseline = read_contents(sandbox, [rel for rel in before if task.is_artifact(rel)])
     record.baseline_hash = hash_contents(baseline)
     if not engine.ensure_baseline(task, record, sandbox, baseline, scratch, extra_env):
@@ -168,7 +168,7 @@ def _sandbox_iteration(engine: Engine, task: Task, record: Record, scratch: Path
     if decision is None:
         return
 
-    with held_signals(), engine.lock(f"task-{task.name}"):  # a keep lands whole or not at all
+    with held_signals(), engine.storage.lock(f"task-{task.name}"):  # a keep lands whole or not at all
         _recover(engine, task)  # a worker killed mid-keep: its keep first, then judge against it
         current = engine.artifacts_in(task, task.rootdir)
         if decision.verdict == "keep" and hash_contents(current) != record.baseline_hash:
@@ -176,7 +176,7 @@ def _sandbox_iteration(engine: Engine, task: Task, record: Record, scratch: Path
         record.status, record.reason = decision.verdict, decision.reason
         if decision.verdict == "keep":
             _land(engine, task, record, verdict.candidate)
-            engine.results.save_head(task.name, hash_contents(engine.artifacts_in(task, task.rootdir)),
+            engine.storage.results.save_head(task.name, hash_contents(engine.artifacts_in(task, task.rootdir)),
                                      record.iteration)
             _commit(engine, task, record, list(verdict.candidate))
 
@@ -191,7 +191,7 @@ def _rebase(engine: Engine, task: Task, record: Record, decision: Decision, verd
     current_hash = hash_contents(current)
     current_scores, against = engine.scores_for(task, current_hash), ""
     if not current_scores:
-        current_scores, against = engine.results.scores_for(task.name, current_hash), " (its keep's own scores)"
+        current_scores, against = engine.storage.results.scores_for(task.name, current_hash), " (its keep's own scores)"
     if not current_scores:
         return Decision("discard", f"stale: baseline moved to {current_hash}, not scored yet", decision.statistic)
     again = task.policy.decide(current_scores, record.scores, task.direction)
@@ -237,7 +237,7 @@ def _write_diff(engine: Engine, task: Task, record: Record, old: dict[str, Conte
     for rel in sorted(set(old) | set(new)):
         if old.get(rel) != new.get(rel):
             chunks.extend(difflib.unified_diff(text(old.get(rel)), text(new.get(rel)), f"a/{rel}", f"b/{rel}"))
-    path = engine.logs_dir / task.name / f"{record.iteration}.diff"
+    path = (engine.rootdir / str(record.log)).with_suffix(".diff")  # beside the log: N.diff
     with naming(path):
         path.write_text("".join(chunks), encoding="utf-8")
 
@@ -247,7 +247,7 @@ def _commit(engine: Engine, task: Task, record: Record, paths: list[str]) -> Non
         return
     message = (f"autoresearch {task.name} #{record.iteration}: {task.metric} {record.baseline_score:.6g} -> "
                f"{record.score:.6g}\n\n{record.description or '(no description)'}\n")
-    with engine.lock("git"):
+    with engine.storage.lock("git"):
         record.commit, problem = git_commit(task.rootdir, paths, message)
     if problem:
         record.reason += f" (not committed: {problem})"
@@ -262,10 +262,10 @@ def _workspace_iteration(engine: Engine, task: Task, record: Record, scratch: Pa
                          extra_env: dict[str, str]) -> None:
     sandbox = scratch / "sandbox"
     _recover(engine, task)
-    before = copy_tree(task.rootdir, sandbox)
+    before = copy_tree(task.rootdir, sandbox, engine.storage_in_tree)
     candidate = read_contents(sandbox, [rel for rel in before if task.is_artifact(rel)])
     protected_now = protected_hashes(task, read_contents(sandbox, [rel for rel in before if task.is_protected(rel)]))
-    snapshot = Snapshot(engine.state_dir, task)
+    snapshot = Snapshot(engine.storage.state_dir, task)
     saved, head = snapshot.load(), git_head(task.rootdir)
     if saved is None or (head is not None and saved[2] != head):
         # first run, or the user committed since the last one (a new HEAD is a new baseline): HEAD's state,

@@ -19,7 +19,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--autoresearch-max-crashes", type=int, default=3, metavar="K",
                     help="stop a task after K crashed iterations in a row (default 3; 0: never)")
     group.addoption("--autoresearch-results", default=None, metavar="PATH",
-                    help="results file (default: work/results.jsonl under the rootdir)")
+                    help="results file (default: results.jsonl in the storage folder); without "
+                         "--autoresearch-dir its folder holds every other file the engine writes too")
+    group.addoption("--autoresearch-dir", default=None, metavar="DIR",
+                    help="the folder of every file the engine writes: results, logs, diffs, locks, baselines "
+                         "(default: work/ in the folder tasks run in)")
     group.addoption("--autoresearch-commit", action="store_true", default=False,
                     help="git-commit each kept candidate; the record holds the commit hash")
     group.addoption("--autoresearch-reset", action="store_true", default=False,
@@ -39,7 +43,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 @pytest.fixture(scope="session")
 def autoresearch_engine(pytestconfig: pytest.Config) -> Engine:
-    """The engine of this --autoresearch session (paths, results store, locks, worker id)."""
+    """The engine of this --autoresearch session (paths, storage, worker id)."""
     session = pytestconfig.pluginmanager.get_plugin(SESSION_PLUGIN_NAME)
     if session is None:
         pytest.skip("autoresearch_engine needs --autoresearch")

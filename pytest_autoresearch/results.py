@@ -186,15 +186,15 @@ class ResultsStore:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             write_atomic(self.heads_path, json.dumps(heads))
 
-    def reserve_iteration(self, task: str) -> int:
-        """Next iteration number for task, unique even across concurrent xdist workers."""
+    def reserve_iteration(self, task: str, after: int = 0) -> int:
+        """Next iteration number for task (and above `after`), unique even across concurrent xdist workers."""
         with _writing(self.path), self.lock:
             recorded = self.last_iteration(task)
             try:
                 handed_out = json.loads(self.counters.read_text(encoding="utf-8"))
             except (FileNotFoundError, json.JSONDecodeError):
                 handed_out = {}
-            number = max(recorded, int(handed_out.get(task, 0))) + 1
+            number = max(recorded, int(handed_out.get(task, 0)), after) + 1
             handed_out[task] = number
             self.path.parent.mkdir(parents=True, exist_ok=True)
             write_atomic(self.counters, json.dumps(handed_out))

@@ -37,9 +37,10 @@ def _ignored(name: str, top: bool, dirpath: str) -> bool:
     return os.path.exists(os.path.join(dirpath, name, "pyvenv.cfg"))  # a virtual environment of any name
 
 
-def copy_tree(src: Path, dst: Path) -> Manifest:
-    """Copy src into dst (created) and return dst's manifest. Copies keep mtimes so that any later
-    write shows up as a changed (size, mtime_ns)."""
+def copy_tree(src: Path, dst: Path, skip: frozenset[str] = frozenset()) -> Manifest:
+    """Copy src into dst (created) and return dst's manifest, leaving out the folders named in `skip`
+    (relative paths: the engine's storage). Copies keep mtimes so that any later write shows up as a
+    changed (size, mtime_ns)."""
     manifest: Manifest = {}
 
     def walk(src_dir: str, dst_dir: str, prefix: str) -> None:
@@ -53,7 +54,7 @@ def copy_tree(src: Path, dst: Path) -> Manifest:
                     os.symlink(link, target)
                     manifest[rel] = Link(link)
                 elif entry.is_dir():
-                    if not _ignored(entry.name, not prefix, src_dir):
+                    if not _ignored(entry.name, not prefix, src_dir) and rel not in skip:
                         walk(entry.path, target, rel + "/")
                 elif entry.is_file():
                     manifest[rel] = copy_file(entry.path, target)

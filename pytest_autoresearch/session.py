@@ -11,10 +11,9 @@ import pytest
 
 from .engine import Engine
 from .errors import StorageUnwritable
-from .files import remove_dead_temp_files
 from .interrupts import TerminateAsInterrupt, interrupt_reason
 from .items import IterationItem, TaskFile, crash_stop
-from .results import ResultsStore
+from .storage import DEFAULT_DIR, RESULTS_NAME, Storage
 
 TASK_FILE = "task.yaml"
 TASK_DIR = "experiments"  # where tasks live, below the folder they run in
@@ -31,6 +30,7 @@ class Options:
     max_crashes: int  # 0: off
     rootdir: Path  # the folder tasks run in: artifact globs, commands, sandboxes and work/ are relative to it
     rootdir_why: str
+    storage: Path  # the folder of every file the engine writes
     results: Path
     commit: bool
     fail_on_discard: bool
@@ -45,10 +45,14 @@ class Options:
                                     f"--autoresearch-max-crashes must be >= 0, got {iterations}, {patience} "
                                     f"and {max_crashes}")
         rootdir, why = research_root(config)
-        results = config.getoption("autoresearch_results")
-        path = (config.invocation_params.dir / results) if results else rootdir / "work" / "results.jsonl"
+        here = config.invocation_params.dir
+        results, folder = config.getoption("autoresearch_results"), config.getoption("autoresearch_dir")
+        # the storage is --autoresearch-dir, else the results file's folder, else work/ where tasks run
+        storage = (here / folder) if folder else (here / results).parent if results else rootdir / DEFAULT_DIR
+        path = (here / results) if results else storage / RESULTS_NAME
         return cls(enabled=config.getoption("autoresearch"), iterations=iterations, patience=patience,
-                   max_crashes=max_crashes, rootdir=rootdir, rootdir_why=why, results=path.resolve(),
+                   max_crashes=max_crashes, rootdir=rootdir, rootdir_why=why, storage=storage.resolve(),
+                   results=path.resolve(),
                    commit=config.getoption("autoresearch_commit"),
                    fail_on_discard=config.getoption("autoresearch_fail_on_discard"))
 
@@ -96,18 +100,18 @@ class AutoresearchSession:
         self.config = config
         self.options = options
         worker = getattr(config, "workerinput", {}).get("workerid", "main")
-        self.engine = Engine(rootdir=options.rootdir, results=ResultsStore(options.results),
+        self.engine = Engine(rootdir=options.rootdir, storage=Storage(options.storage, options.results),
                              worker=worker, commit=options.commit)
         try:  # before anything runs: an iteration that cannot be recorded must not start
-            self.engine.results.check_writable()
+            self.engine.storage.results.check_writable()
         except StorageUnwritable as e:
             raise pytest.UsageError(f"autoresearch: {e}") from None
         # each task's last iteration before this session: the summary covers the ones after
         self.since: dict[str, int] = {}
-        for record in self.engine.results.records():
+        for record in self.engine.storage.results.records():
             task, iteration = record.get("task"), int(record.get("iteration", 0))
             self.since[task] = max(self.since.get(task, 0), iteration)
-        self.heads_at_start = self.engine.results.heads()  # read before any worker can keep
+        self.heads_at_start = self.engine.storage.results.heads()  # read before any worker can keep
         self.terminate = TerminateAsInterrupt()
         self.interrupted: str | None = None
 
@@ -119,9 +123,7 @@ class AutoresearchSession:
 
     def pytest_sessionstart(self, session: pytest.Session) -> None:
         self.terminate.install()
-        # state files' temp files left by a killed session (a live worker's are kept: their writer runs)
-        for folder in {self.engine.state_dir, self.options.results.parent}:
-            remove_dead_temp_files(folder.rglob(".*.tmp") if folder.is_dir() else [])
+        self.engine.storage.remove_dead_temp_files()
 
     def pytest_unconfigure(self, config: pytest.Config) -> None:
         self.terminate.restore()
@@ -171,7 +173,7 @@ class AutoresearchSession:
 
     def summaries(self) -> dict[str, TaskSummary]:
         summaries: dict[str, TaskSummary] = {}
-        records = [r for r in self.engine.results.records()
+        records = [r for r in self.engine.storage.results.records()
                    if r.get("status") != "baseline" and int(r.get("iteration", 0)) > self.since.get(r.get("task"), 0)]
         for record in sorted(records, key=lambda r: (r["task"], r["iteration"])):
             summaries.setdefault(record["task"], TaskSummary()).add(record)
@@ -187,7 +189,7 @@ class AutoresearchSession:
         return (f"{task}: this run started from artifacts {start_hash[:12]}, not the workspace's state after the "
                 f"last keep (iteration {head.get('iteration')}, {str(head.get('hash'))[:12]}): the workspace was "
                 f"reset or edited between runs, so kept changes may be missing from it (each keep's diff: "
-                f"{self.engine.shown(self.engine.logs_dir / task)}/<iteration>.diff)")
+                f"{self.engine.shown(self.engine.storage.logs_dir / task)}/<iteration>.diff)")
 
     def pytest_terminal_summary(self, terminalreporter) -> None:
         if getattr(self.config, "workerinput", None) is not None or not (summaries := self.summaries()):

@@ -64,6 +64,6 @@ def write_task(root: Path, name: str = "t", *, step: int = 1, mutate: str | None
     return folder
 
 
-def records(root: Path) -> list[dict[str, Any]]:
-    path = root / "work" / "results.jsonl"
+def records(root: Path, results: str = "work/results.jsonl") -> list[dict[str, Any]]:
+    path = root / results
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []

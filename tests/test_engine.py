@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from autoresearch_helpers import write_task
 from pytest_autoresearch import gpus
 from pytest_autoresearch.engine import Engine
+from pytest_autoresearch.storage import Storage
 from pytest_autoresearch.iteration import _rebase
 from pytest_autoresearch.limits import Change, Verdict, count_lines, diff_artifacts
 from pytest_autoresearch.policy import Decision
@@ -296,8 +297,9 @@ def test_device_count_through_the_driver_library_agrees_with_torch():
 
 def test_stale_keep_is_rebased_only_without_conflict_and_when_still_better(tmp_path):
     task = task_at(tmp_path, artifacts=["experiments/t/*.txt"])
-    store = ResultsStore(tmp_path / "r.jsonl")
-    engine = Engine(rootdir=tmp_path, results=store, worker="gw0", commit=False)
+    engine = Engine(rootdir=tmp_path, storage=Storage(tmp_path / "work", tmp_path / "r.jsonl"), worker="gw0",
+                    commit=False)
+    store = engine.storage.results
     baseline = {"experiments/t/value.txt": b"1\n", "experiments/t/other.txt": b"x\n"}
     newer = {**baseline, "experiments/t/other.txt": b"y\n"}  # another worker's keep, scored 5
     store.append(record(iteration=0, status="baseline", baseline_hash=hash_contents(newer), scores=[5.0], score=5.0))
@@ -318,8 +320,9 @@ def test_stale_keep_is_rebased_only_without_conflict_and_when_still_better(tmp_p
 def test_stale_noise_aware_keep_is_judged_against_the_newer_keeps_scores_until_rescored(tmp_path):
     task = task_at(tmp_path, artifacts=["experiments/t/*.txt"],
                    policy={"kind": "noise-aware", "repeats": 3, "confidence": 0.95})
-    store = ResultsStore(tmp_path / "r.jsonl")
-    engine = Engine(rootdir=tmp_path, results=store, worker="gw0", commit=False)
+    engine = Engine(rootdir=tmp_path, storage=Storage(tmp_path / "work", tmp_path / "r.jsonl"), worker="gw0",
+                    commit=False)
+    store = engine.storage.results
     baseline = {"experiments/t/value.txt": b"1\n", "experiments/t/other.txt": b"x\n"}
     newer = {**baseline, "experiments/t/other.txt": b"y\n"}  # gw1 kept this; nobody re-scored it yet
     store.append(record(iteration=2, status="keep", candidate_hash=hash_contents(newer), scores=[5.0, 5.1, 4.9]))

@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pytest_autoresearch.engine import Engine
+from pytest_autoresearch.storage import Storage
 from pytest_autoresearch.mutators import hparams
 from pytest_autoresearch.mutators.hparams import (apply_moves, batch_safe, candidate_moves, choose, describe,
                                                   find_constants, load_history, parse_description)
@@ -403,7 +404,8 @@ def test_engine_env_protects_files_from_the_subprocess(tmp_path: Path) -> None:
         "artifacts: ['*.py']\nprotected: [prepare.py]\nmutator: {command: x}\nrunner: {command: y}\n"
         "scorer: {metric: score, direction: minimize}\n")
     task = load_task(tmp_path / "task.yaml", tmp_path)
-    engine = Engine(rootdir=tmp_path, results=ResultsStore(tmp_path / "results.jsonl"), worker="main", commit=False)
+    engine = Engine(rootdir=tmp_path, storage=Storage(tmp_path / "work", tmp_path / "results.jsonl"), worker="main",
+                    commit=False)
     record = Record(task.name, 1, "running", "score", "minimize", "2024-01-01T00:00:00Z", "main")
     sandbox = tmp_path / "sandbox"
     sandbox.mkdir()
