@@ -15,7 +15,7 @@ from typing import Any, BinaryIO
 from filelock import Timeout
 
 from .files import write_atomic
-from .policy import Decision
+from .policies import Decision
 from .results import Record, mean
 from .run import score_once
 from .sandbox import Content, copy_tree, read_contents, scan
@@ -23,20 +23,12 @@ from .storage import Storage
 from .task import Task
 from .workspace import apply_contents, protected_hashes
 
-BASE_SEED = 42  # baseline run r gets BASE_SEED + r; the mutator of iteration i gets BASE_SEED + i
-REUSES_KEPT_SCORES = ("greedy",)  # policies whose keeps' scores stand in for the new baseline (see runner_seed)
 WILDCARD = re.compile(r"[*?\[]")  # a glob part holding one of these is not a literal folder name
 
 
 def runner_seed(task: Task, iteration: int, run: int) -> int:
-    """AUTORESEARCH_SEED of a runner run. The baseline's runs use BASE_SEED + r. Under greedy, so do the
-    candidates' (the upstream's setup: every run seeded alike, so a no-op change ties). Under a noise-aware
-    policy, iteration i's candidate runs use seeds of their own, BASE_SEED + R*i + r: a keep's scores were
-    selected for looking good (the winner's curse), so its content is re-scored as the next baseline, and
-    that re-scoring must draw fresh noise rather than replay the seeds the candidate won with."""
-    if task.policy.kind in REUSES_KEPT_SCORES or iteration == 0:
-        return BASE_SEED + run
-    return BASE_SEED + task.policy.repeats * iteration + run
+    """AUTORESEARCH_SEED of a runner run: the policy's rule (Policy.runner_seed)."""
+    return task.policy.runner_seed(iteration, run)
 
 
 @dataclass(frozen=True)
@@ -126,7 +118,7 @@ class Engine:
 
     def scores_for(self, task: Task, content_hash: str) -> list[float]:
         """The baseline scores on record for this content (a keep's own scores only under greedy)."""
-        return self.storage.results.scores_for(task.name, content_hash, reuse_kept=task.policy.kind in REUSES_KEPT_SCORES)
+        return self.storage.results.scores_for(task.name, content_hash, reuse_kept=task.policy.reuses_kept_scores)
 
     def _baseline_runs(self, task: Task, record: Record, source: Path, baseline: dict[str, Content],
                        scratch: Path, extra_env: dict[str, str]) -> list[dict[str, Any]] | None:
@@ -140,7 +132,7 @@ class Engine:
         folder.mkdir(parents=True, exist_ok=True)
         sandbox = scratch / "baseline"
         protected = protected_hashes(task, read_contents(source, [rel for rel in scan(source) if task.is_protected(rel)]))
-        setup = hashlib.sha256(json.dumps([task.runner_command, task.metric, task.pattern.pattern,
+        setup = hashlib.sha256(json.dumps([task.runner_command, task.metric, task.scorer.setup,
                                            sorted(protected.items())]).encode()).hexdigest()[:16]
 
         def run(r: int) -> dict[str, Any] | None:
@@ -201,7 +193,8 @@ class Engine:
     def score_runs(self, task: Task, record: Record, sandbox: Path, log: BinaryIO,
                    baseline_scores: list[float], extra_env: dict[str, str]) -> Decision | None:
         """Run the candidate until the policy decides (at most policy.repeats runs). Fills
-        record.scores/score/metrics/runner_s; on a failed run sets crash and returns None."""
+        record.scores/score/metrics/runner_s; on a failed run sets crash, on a run breaking a scorer constraint
+        rejected, and returns None."""
         repeats = task.policy.repeats
         for r in range(repeats):
             seed = runner_seed(task, record.iteration, r)
@@ -211,6 +204,9 @@ class Engine:
             if outcome.failure is not None:
                 record.status, record.reason = "crash", outcome.failure
                 return None
+            if (broken := next(filter(None, (c.broken_by(outcome.metrics) for c in task.constraints)), None)):
+                record.status, record.reason, record.metrics = "rejected", broken, outcome.metrics
+                return None  # never shown to the policy: a candidate over a bound is no candidate
             record.scores.append(outcome.score)
             record.score = mean(record.scores)
             record.metrics = outcome.metrics

@@ -12,13 +12,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import BinaryIO
 
-from .engine import BASE_SEED, Engine
+from .engine import Engine
 from .errors import EngineError, LandingFailed, StorageUnwritable, describe, naming
 from .files import remove_dead_temp_files
 from .gpus import gpu_lease
 from .interrupts import held_signals, interrupt_reason
 from .limits import Verdict, check_sandbox, diff_artifacts, escapes, judge
-from .policy import Decision
+from .policies import BASE_SEED, Decision
 from .process import run_logged
 from .results import Record, mean
 from .sandbox import Content, Link, copy_tree, hash_contents, read_content, read_contents, scan

@@ -15,7 +15,9 @@ from typing import Any
 import yaml
 
 from .gpus import auto_gpus
-from .policy import Policy, make_policy
+from . import scorers
+from .policies import Policy, make_policy
+from .scorers import Constraint, Scorer
 
 WORKSPACE = "workspace"  # `mutator: workspace`: the candidate is the edit already in the workspace
 DIRECTIONS = ("minimize", "maximize")
@@ -26,7 +28,6 @@ REQUIRED_TOP_KEYS = ("artifacts", "mutator", "runner", "scorer")
 MUTATION_KEYS = ("max_files", "max_lines")
 MUTATOR_KEYS = ("command", "timeout", "prompt")
 RUNNER_KEYS = ("command", "timeout", "gpus")
-SCORER_KEYS = ("metric", "pattern", "direction")
 DEFAULT_MUTATOR_TIMEOUT = 300.0
 DEFAULT_RUNNER_TIMEOUT = 600.0
 
@@ -52,7 +53,8 @@ class Task:
     runner_timeout: float
     gpus: int
     metric: str
-    pattern: re.Pattern[str]
+    scorer: Scorer
+    constraints: tuple[Constraint, ...]  # a candidate run breaking one is rejected before the policy sees it
     direction: str
     policy: Policy
 
@@ -179,20 +181,9 @@ def load_task(path: Path, rootdir: Path) -> Task:
     else:
         gpus = _number(runner, "gpus", 0, "runner", fail, integer=True)
 
-    scorer = _mapping(data["scorer"], "scorer", SCORER_KEYS, fail)
-    metric = scorer.get("metric")
-    if not isinstance(metric, str) or not metric.strip():
-        raise fail("scorer.metric", "missing required key" if metric is None else f"must be a non-empty string, got {metric!r}")
-    raw_pattern = scorer.get("pattern", rf"^{re.escape(metric)}:\s*(\S+)")
-    if not isinstance(raw_pattern, str):
-        raise fail("scorer.pattern", f"must be a string, got {type(raw_pattern).__name__}")
-    try:
-        pattern = re.compile(raw_pattern)
-    except re.error as e:
-        raise fail("scorer.pattern", f"bad regex {raw_pattern!r}: {e}") from None
-    if pattern.groups < 1:
-        raise fail("scorer.pattern", f"regex {raw_pattern!r} needs a group (...) capturing the number")
-    direction = scorer.get("direction")
+    scorer_spec = _mapping(data["scorer"], "scorer", scorers.keys(), fail)
+    scorer, constraints = scorers.build(scorer_spec, fail)
+    direction = scorer_spec.get("direction")
     if direction not in DIRECTIONS:
         raise fail("scorer.direction", "missing required key (minimize or maximize)" if direction is None
                    else f"must be minimize or maximize, got {direction!r}")
@@ -208,7 +199,17 @@ def load_task(path: Path, rootdir: Path) -> Task:
     return Task(name=name, description=description, path=path, rootdir=rootdir, artifacts=artifacts,
                 protected=protected, max_files=max_files, max_lines=max_lines, mutator_command=mutator_command,
                 mutator_timeout=mutator_timeout, prompt=prompt, runner_command=runner_command,
-                runner_timeout=runner_timeout, gpus=gpus, metric=metric, pattern=pattern, direction=direction, policy=policy)
+                runner_timeout=runner_timeout, gpus=gpus, metric=scorer.metric, scorer=scorer, constraints=constraints,
+                direction=direction, policy=policy)
+
+
+def schema() -> dict[str, tuple[str, ...]]:
+    """Every task.yaml key, by section ("" for the top level): the one definition that loading, the tests and
+    USAGE's key table agree with (scorer and policy keys come from their kinds' modules)."""
+    from . import policies
+    policy_keys = tuple(dict.fromkeys(key for kind in policies.kinds() for key in policies.keys(kind)))
+    return {"": TOP_KEYS, "mutation": MUTATION_KEYS, "mutator": MUTATOR_KEYS, "runner": RUNNER_KEYS,
+            "scorer": scorers.keys(), "policy": policy_keys}
 
 
 def _check_keys(data: Mapping[str, Any], allowed: tuple[str, ...], prefix: str, fail) -> None:

@@ -17,9 +17,10 @@ from pytest_autoresearch.engine import Engine
 from pytest_autoresearch.storage import Storage
 from pytest_autoresearch.iteration import _rebase
 from pytest_autoresearch.limits import Change, Verdict, count_lines, diff_artifacts
-from pytest_autoresearch.policy import Decision
+from pytest_autoresearch.policies import Decision
 from pytest_autoresearch.results import Record, ResultsStore
-from pytest_autoresearch.run import extract_metrics, extract_score
+from pytest_autoresearch.scorers import extract_metrics
+from pytest_autoresearch.scorers.stdout import extract_score
 from pytest_autoresearch.sandbox import Link, copy_tree, hash_contents, scan
 from pytest_autoresearch.task import TaskError, load_task
 from pytest_autoresearch.workspace import apply_contents
@@ -37,7 +38,7 @@ def task_at(tmp_path: Path, **spec):
 def test_defaults(tmp_path):
     task = task_at(tmp_path)
     assert (task.name, task.max_files, task.max_lines, task.gpus, task.policy.kind) == ("t", None, None, 0, "greedy")
-    assert task.pattern.pattern == r"^score:\s*(\S+)" and task.runner_timeout == 30.0
+    assert task.scorer.pattern.pattern == r"^score:\s*(\S+)" and task.runner_timeout == 30.0
     assert not task.workspace_mode and task_at(tmp_path, mutator="workspace").workspace_mode
 
 
@@ -223,10 +224,10 @@ def test_reserved_iterations_are_unique_across_threads(tmp_path):
 
 def test_extract_score_takes_the_last_matching_line(tmp_path):
     task = task_at(tmp_path)
-    assert extract_score(task.pattern, "score: 1\nnoise\nscore: 2.5\n", "score") == (2.5, None)
-    assert extract_score(task.pattern, "score: abc\n", "score")[1] == "no metric: score 'abc' is not a number"
-    assert extract_score(task.pattern, "score: nan\n", "score")[1] == "no metric: score is nan"
-    assert extract_score(task.pattern, "", "score")[0] is None
+    assert extract_score(task.scorer.pattern, "score: 1\nnoise\nscore: 2.5\n", "score") == (2.5, None)
+    assert extract_score(task.scorer.pattern, "score: abc\n", "score")[1] == "no metric: score 'abc' is not a number"
+    assert extract_score(task.scorer.pattern, "score: nan\n", "score")[1] == "no metric: score is nan"
+    assert extract_score(task.scorer.pattern, "", "score")[0] is None
 
 
 def test_extract_metrics_reads_key_number_lines():

@@ -1,7 +1,7 @@
 """Specification of the sample tasks in experiments/: task.yaml files, the skill-quality rubric and its mutator.
 
-The engine is not imported: these tests only rely on the task.yaml v1 format and the mutator environment
-described in the contracts, so they hold whatever the engine's internals look like.
+Of the engine only its schema of task.yaml keys is read (the one definition, shared with loading and USAGE);
+otherwise these tests rely on the task.yaml v1 format and the mutator environment described in the contracts.
 """
 
 from __future__ import annotations
@@ -24,19 +24,16 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-REPO = Path(__file__).resolve().parents[1]
+from autoresearch_helpers import REPO_ROOT
+from pytest_autoresearch.task import schema
+
+REPO = REPO_ROOT
 EXPERIMENTS = REPO / "experiments"
 SKILL_DIR = EXPERIMENTS / "skill-quality"
 TASK_FILES = sorted(EXPERIMENTS.glob("*/task.yaml"))
 
-V1_KEYS = {"name", "description", "artifacts", "protected", "mutation", "mutator", "runner", "scorer", "policy"}
-V1_SUBKEYS = {
-    "mutation": {"max_files", "max_lines"},
-    "mutator": {"command", "timeout"},
-    "runner": {"command", "timeout", "gpus"},
-    "scorer": {"metric", "pattern", "direction"},
-    "policy": {"kind", "min_delta", "repeats", "confidence"},
-}
+V1_KEYS = set(schema()[""])  # the engine's one definition of the task.yaml keys
+V1_SUBKEYS = {section: set(keys) for section, keys in schema().items() if section}
 
 
 def load_module(name: str, path: Path) -> ModuleType:

@@ -10,7 +10,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pytest_autoresearch.policy import Decision, GreedyPolicy, NoiseAwarePolicy, make_policy, student_t_sf
+from pytest_autoresearch.policies import Decision, make_policy
+from pytest_autoresearch.policies.greedy import GreedyPolicy
+from pytest_autoresearch.policies.noise_aware import NoiseAwarePolicy, student_t_sf
 
 # ----------------------------------------------------------------------------
 # Student t distribution against closed forms

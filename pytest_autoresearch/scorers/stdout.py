@@ -1,0 +1,62 @@
+"""scorer.kind `stdout` (the default, task.yaml v1): the score is group 1 of the last stdout line matching
+`scorer.pattern`; every `key: number` line of stdout is a metric."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import Fail, NoScore, Scored, Scorer, extract_metrics
+
+KEYS = ("pattern",)
+
+
+@dataclass(frozen=True)
+class StdoutScorer(Scorer):
+    metric: str
+    pattern: re.Pattern[str]
+
+    @property
+    def setup(self) -> str:
+        return self.pattern.pattern
+
+    def read(self, stdout: str, sandbox: Path) -> Scored:
+        score, why = extract_score(self.pattern, stdout, self.metric)
+        if score is None:
+            raise NoScore(why)
+        return Scored(score, extract_metrics(stdout))
+
+
+def extract_score(pattern: re.Pattern[str], stdout: str, metric: str) -> tuple[float | None, str | None]:
+    """(score, None) from group 1 of the last matching line, else (None, why not)."""
+    last = None
+    for line in stdout.splitlines():
+        if (match := pattern.search(line)) is not None:
+            last = match
+    if last is None:
+        return None, f"no metric: no line of the runner's stdout matches {pattern.pattern!r}"
+    text = last.group(1)
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        return None, f"no metric: {metric} {text!r} is not a number"
+    if not math.isfinite(value):
+        return None, f"no metric: {metric} is {text}"
+    return value, None
+
+
+def build(spec: Mapping[str, Any], metric: str, fail: Fail) -> StdoutScorer:
+    raw = spec.get("pattern", rf"^{re.escape(metric)}:\s*(\S+)")
+    if not isinstance(raw, str):
+        raise fail("scorer.pattern", f"must be a string, got {type(raw).__name__}")
+    try:
+        pattern = re.compile(raw)
+    except re.error as e:
+        raise fail("scorer.pattern", f"bad regex {raw!r}: {e}") from None
+    if pattern.groups < 1:
+        raise fail("scorer.pattern", f"regex {raw!r} needs a group (...) capturing the number")
+    return StdoutScorer(metric, pattern)
