@@ -2,11 +2,14 @@
 (not a test: run it by hand; BENCHMARKS.md §5). Forward + backward at the real shape, checked against a
 reference, plus full causal attention as the speed a perfect banded kernel would beat.
 
-Greppable lines: `method: NAME | fwd+bwd ms | max |Δout| | max |Δgrad|`, or `method: NAME | failed: ...`.
+Greppable lines: `method: NAME | fwd+bwd ms | max |Δout| | max |Δgrad|`, or `method: NAME | failed: ...`; the Δs
+are against flex on plain inputs (not meaningful for the methods that QK-norm first). Also tried on 2026-12-02
+(BENCHMARKS.md §5): USE_TMA, backward blocks 64x64 with 3 stages, masked SDPA on the efficient back-end.
 Usage: python tests/bench_attention.py
 """
 
 import torch
+import torch._inductor.config
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.attention.flex_attention import create_block_mask, flex_attention
@@ -24,6 +27,29 @@ def band(b, h, q_idx, kv_idx):
 def flex_method(block_mask, kernel_options=None):
     compiled = torch.compile(flex_attention, dynamic=False)
     return lambda q, k, v: compiled(q, k, v, block_mask=block_mask, kernel_options=kernel_options)
+
+
+MODEL_LAYOUT = set()  # methods called on (B, H, T, D) views of (B, T, H, D) memory
+
+
+def in_model_layout(method):
+    MODEL_LAYOUT.add(method)
+    return method
+
+
+def flex_as_in_the_model(block_mask, qk_norm, prologue_fusion=True):
+    """Called on inputs as train.py hands them over, (B, H, T, D) views of (B, T, H, D) tensors (see MODEL_LAYOUT),
+    optionally QK-normed in the same compiled graph (which Inductor may fuse into the kernel as a prologue)."""
+    def attend(q, k, v):
+        if qk_norm:
+            q, k = F.rms_norm(q, (q.size(-1),)), F.rms_norm(k, (k.size(-1),))
+        return flex_attention(q, k, v, block_mask=block_mask)
+    compiled = torch.compile(attend, dynamic=False)
+
+    def run(q, k, v):
+        with torch._inductor.config.patch(prologue_fusion=prologue_fusion):
+            return compiled(q, k, v)
+    return run
 
 
 def masked_sdpa(backends, mask):
@@ -62,26 +88,31 @@ def main():
     second_half_mask = mask[T // 2:, 1:].contiguous()
     block_mask = create_block_mask(band, None, None, T, T, device=device)
 
+    # the same values in (B, T, H, D) memory, the layout the model's projections produce
+    qt, kt, vt = (t.detach().transpose(1, 2).contiguous().requires_grad_() for t in (q, k, v))
+
     def run(method):
-        q.grad = k.grad = v.grad = None
-        out = method(q, k, v)
+        model_layout = method in MODEL_LAYOUT
+        inputs = (qt, kt, vt) if model_layout else (q, k, v)
+        for t in inputs:
+            t.grad = None
+        out = method(*(t.transpose(1, 2) for t in inputs) if model_layout else inputs)
         out.backward(grad_out)
-        return out.detach(), torch.cat([q.grad, k.grad, v.grad])
+        grads = [t.grad.transpose(1, 2) if model_layout else t.grad for t in inputs]
+        return out.detach(), torch.cat(grads)
 
     reference_out, reference_grad = run(flex_method(block_mask))
-    cudnn, efficient, flash = [SDPBackend.CUDNN_ATTENTION], [SDPBackend.EFFICIENT_ATTENTION], [SDPBackend.FLASH_ATTENTION]
+    cudnn = [SDPBackend.CUDNN_ATTENTION]
     methods = {
         "flex (default kernel options)": flex_method(block_mask),
-        "flex USE_TMA": flex_method(block_mask, {"USE_TMA": True}),
+        "flex on (B, T, H, D) memory, as in the model": in_model_layout(flex_as_in_the_model(block_mask, False)),
+        "flex on (B, T, H, D) memory + QK-norm, prologue fusion on": in_model_layout(flex_as_in_the_model(block_mask, True)),
+        "flex on (B, T, H, D) memory + QK-norm, prologue fusion off": in_model_layout(
+            flex_as_in_the_model(block_mask, True, prologue_fusion=False)),
         "flex fwd 128x128": flex_method(block_mask, {"fwd_BLOCK_M": 128, "fwd_BLOCK_N": 128, "fwd_num_warps": 8}),
-        "flex bwd 64x64 stages 3": flex_method(block_mask, {"bwd_BLOCK_M1": 64, "bwd_BLOCK_N1": 64, "bwd_BLOCK_M2": 64,
-                                                            "bwd_BLOCK_N2": 64, "bwd_num_stages": 3, "bwd_num_warps": 4}),
         "sdpa cudnn + band mask": masked_sdpa(cudnn, mask),
-        "sdpa efficient + band mask": masked_sdpa(efficient, mask),
         "halves: cudnn causal + cudnn masked": split_halves(cudnn, second_half_mask),
-        "halves: cudnn causal + efficient masked": split_halves(cudnn + efficient, second_half_mask),
         "reference only, not banded: cudnn causal over T": causal_full(cudnn),
-        "reference only, not banded: flash causal over T": causal_full(flash),
     }
     for name, method in methods.items():
         try:
