@@ -4,6 +4,7 @@ clone with nothing beside it."""
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,22 @@ def research(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch):
     def run(*args: str) -> pytest.RunResult:
         return pytester.runpytest_inprocess(*plugin_args(), "--autoresearch", "-p", "no:cacheprovider", *args)
     return run
+
+
+@pytest.fixture
+def commit_all(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch):
+    """commit_all(message): `git init` pytester's folder (once) and commit everything in it, as t <t@t>, the
+    identity the inner session's --autoresearch-commit uses too."""
+    for key in ("AUTHOR", "COMMITTER"):
+        monkeypatch.setenv(f"GIT_{key}_NAME", "t")
+        monkeypatch.setenv(f"GIT_{key}_EMAIL", "t@t")
+
+    def commit(message: str) -> None:
+        if not (pytester.path / ".git").exists():
+            assert subprocess.run(["git", "init", "-q"], cwd=pytester.path).returncode == 0
+        for args in (["add", "-A"], ["commit", "-qm", message]):
+            assert subprocess.run(["git", *args], cwd=pytester.path, capture_output=True).returncode == 0
+    return commit
 
 
 def write_corpus_slice(dest: Path, train_rows: int = TINY_TRAIN_ROWS, val_rows: int = TINY_VAL_ROWS) -> Path:

@@ -15,6 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from autoresearch_helpers import REPO_ROOT
 from pytest_autoresearch.engine import Engine
 from pytest_autoresearch.storage import Storage
 from pytest_autoresearch.mutators import hparams
@@ -23,7 +24,7 @@ from pytest_autoresearch.mutators.hparams import (apply_moves, batch_safe, candi
 from pytest_autoresearch.results import Record, ResultsStore
 from pytest_autoresearch.task import load_task
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = REPO_ROOT
 PATTERNS = ("L", "SL", "SSL", "SSSL", "SSSSL")
 PREFIXES = ("MATRIX", "EMBED", "WARMUP", "MODEL", "TOTAL", "DEVICE", "N", "MY", "X2")
 SUFFIXES = ("LR", "RATIO", "FRAC", "BETA2", "DECAY", "DEPTH", "HEADS", "BATCH_SIZE", "DIM", "STEPS", "FLAG", "NAME")

@@ -29,16 +29,6 @@ print("score:", pathlib.Path("experiments/t/value.txt").read_text().strip())
 '''
 
 
-@pytest.fixture
-def research(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setenv("PYTHONPATH", str(REPO_ROOT))
-    pytester.makeini("[pytest]\n")
-
-    def run(*args: str) -> pytest.RunResult:
-        return pytester.runpytest_inprocess(*plugin_args(), "--autoresearch", "-p", "no:cacheprovider", *args)
-    return run
-
-
 def start_session(root: Path, marker: Path, sleep_at: int, *args: str) -> subprocess.Popen:
     """A real `pytest --autoresearch` process; SIGINT restored to its default so Python turns it into Ctrl-C
     even when this test runs in a background job (which starts with SIGINT ignored)."""
@@ -208,13 +198,9 @@ def test_max_crashes_ends_an_endless_loop(pytester, research):
 # git
 
 
-def test_commit_message_names_task_metric_scores_and_description(pytester, research, monkeypatch):
+def test_commit_message_names_task_metric_scores_and_description(pytester, research, commit_all):
     write_task(pytester.path, step=2)
-    for key in ("AUTHOR", "COMMITTER"):
-        monkeypatch.setenv(f"GIT_{key}_NAME", "t")
-        monkeypatch.setenv(f"GIT_{key}_EMAIL", "t@t")
-    for args in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "init"]):
-        assert subprocess.run(["git", *args], cwd=pytester.path, capture_output=True).returncode == 0
+    commit_all("init")
     research("--autoresearch-commit")
     keep = records(pytester.path)[-1]
     git = lambda *a: subprocess.run(["git", *a], cwd=pytester.path, capture_output=True, text=True).stdout  # noqa: E731

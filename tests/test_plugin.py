@@ -20,17 +20,6 @@ RECORD_KEYS = {"task", "iteration", "status", "metric", "score", "scores", "base
                "metrics", "statistic"}
 
 
-@pytest.fixture
-def research(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch):
-    """Run `pytest --autoresearch ...` in process inside pytester's folder."""
-    monkeypatch.setenv("PYTHONPATH", str(REPO_ROOT))
-    pytester.makeini("[pytest]\n")  # pin the rootdir to the tmp repo
-
-    def run(*args: str) -> pytest.RunResult:
-        return pytester.runpytest_inprocess(*plugin_args(), "--autoresearch", "-p", "no:cacheprovider", *args)
-    return run
-
-
 def value(pytester: pytest.Pytester, name: str = "t") -> str:
     return (pytester.path / "experiments" / name / "value.txt").read_text()
 
@@ -229,12 +218,9 @@ def test_workspace_mode_rejection_restores_artifacts(pytester, research):
     assert value(pytester) == "1\n"
 
 
-def test_workspace_mode_baseline_from_git_head_ignores_untracked_protected_files(pytester, research):
+def test_workspace_mode_baseline_from_git_head_ignores_untracked_protected_files(pytester, research, commit_all):
     write_task(pytester.path, spec={"mutator": "workspace", "protected": ["data/*"]})
-    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
-    pytester.run(git[0], "init", "-q")
-    pytester.run(*git, "add", "-A")
-    pytester.run(*git, "commit", "-qm", "init")
+    commit_all("init")
     (pytester.path / "data").mkdir()
     (pytester.path / "data/cache.bin").write_bytes(b"never committed")  # protected, but not in HEAD
     (pytester.path / "experiments/t/value.txt").write_text("5\n")  # the agent's edit against HEAD's 1
@@ -245,23 +231,15 @@ def test_workspace_mode_baseline_from_git_head_ignores_untracked_protected_files
     research().stdout.fnmatch_lines(["*rejected: protected file changed: data/cache.bin*"])
 
 
-def git_commit_all(pytester: pytest.Pytester, message: str) -> None:
-    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
-    if not (pytester.path / ".git").exists():
-        pytester.run("git", "init", "-q")
-    pytester.run(*git, "add", "-A")
-    assert pytester.run(*git, "commit", "-qm", message).ret == 0
-
-
-def test_workspace_mode_a_new_commit_is_a_new_baseline_and_the_summary_says_so(pytester, research):
+def test_workspace_mode_a_new_commit_is_a_new_baseline_and_the_summary_says_so(pytester, research, commit_all):
     write_task(pytester.path, spec={"mutator": "workspace"})
-    git_commit_all(pytester, "init")  # value 1
+    commit_all("init")  # value 1
     (pytester.path / "experiments/t/value.txt").write_text("5\n")
     research()
     assert [r["status"] for r in records(pytester.path)] == ["baseline", "keep"]
     # the user shrinks the task for a small computer and commits it: judged against that, not the old keep
     (pytester.path / "experiments/t/value.txt").write_text("2\n")
-    git_commit_all(pytester, "my own baseline")
+    commit_all("my own baseline")
     (pytester.path / "experiments/t/value.txt").write_text("3\n")
     result = research()
     last = records(pytester.path)[-1]
@@ -273,9 +251,9 @@ def test_workspace_mode_a_new_commit_is_a_new_baseline_and_the_summary_says_so(p
     assert "new baseline from" not in result.stdout.str()
 
 
-def test_workspace_mode_our_own_commit_of_a_keep_is_not_a_new_baseline(pytester, research):
+def test_workspace_mode_our_own_commit_of_a_keep_is_not_a_new_baseline(pytester, research, commit_all):
     write_task(pytester.path, spec={"mutator": "workspace"})
-    git_commit_all(pytester, "init")
+    commit_all("init")
     (pytester.path / "experiments/t/value.txt").write_text("5\n")
     research("--autoresearch-commit")
     (pytester.path / "experiments/t/value.txt").write_text("6\n")
@@ -283,9 +261,9 @@ def test_workspace_mode_our_own_commit_of_a_keep_is_not_a_new_baseline(pytester,
     assert records(pytester.path)[-1]["baseline_from"] is None and "new baseline from" not in result.stdout.str()
 
 
-def test_reset_forgets_the_stored_workspace_baseline_and_keeps_the_results(pytester, research):
+def test_reset_forgets_the_stored_workspace_baseline_and_keeps_the_results(pytester, research, commit_all):
     write_task(pytester.path, spec={"mutator": "workspace"})
-    git_commit_all(pytester, "init")  # value 1
+    commit_all("init")  # value 1
     (pytester.path / "experiments/t/value.txt").write_text("5\n")
     research()  # kept, not committed: the stored baseline is now 5
     (pytester.path / "experiments/t/value.txt").write_text("3\n")
@@ -412,12 +390,9 @@ def test_only_task_files_are_collected_under_autoresearch(pytester, research):
     assert "test_inside" not in result.stdout.str()
 
 
-def test_commit_records_the_hash(pytester, research):
+def test_commit_records_the_hash(pytester, research, commit_all):
     write_task(pytester.path, step=1)
-    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
-    pytester.run(*git[:1], "init", "-q")
-    pytester.run(*git, "add", "-A")
-    pytester.run(*git, "commit", "-qm", "init")
+    commit_all("init")
     monkeypatch_env = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
                        "GIT_COMMITTER_EMAIL": "t@t"}
     os.environ.update(monkeypatch_env)

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from autoresearch_helpers import REPO_ROOT
 from pytest_autoresearch import report
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = REPO_ROOT
 
 
 def _record(task: str, iteration: int, status: str, score: float | None, **extra) -> dict:
