@@ -79,7 +79,8 @@ def test_policies_carry_their_own_seeding_and_score_reuse_rules():
     greedy, noisy = policies.make_policy({}), policies.make_policy({"kind": "noise-aware", "repeats": 3})
     assert greedy.reuses_kept_scores and not noisy.reuses_kept_scores
     assert [greedy.runner_seed(i, 0) for i in (0, 1, 7)] == [42, 42, 42]
-    assert [noisy.runner_seed(0, r) for r in range(3)] == [42, 43, 44] and noisy.runner_seed(2, 1) == 49
+    # candidates' seeds start past the baseline's max_repeats (6) runs: 42 + 6 * 2 + 1
+    assert [noisy.runner_seed(0, r) for r in range(3)] == [42, 43, 44] and noisy.runner_seed(2, 1) == 55
     engine_code = "".join((REPO_ROOT / "pytest_autoresearch" / name).read_text()
                           for name in ("engine.py", "iteration.py", "results.py"))
     assert "policy.kind" not in engine_code and '"greedy"' not in engine_code  # the engine asks, never names
@@ -95,7 +96,7 @@ def test_the_schema_is_what_loading_accepts():
     assert keys[""] == ("name", "description", "artifacts", "protected", "mutation", "mutator", "runner",
                         "scorer", "policy")
     assert set(keys["scorer"]) == {"kind", "metric", "pattern", "direction", "file", "constraints"}
-    assert set(keys["policy"]) == {"kind", "min_delta", "repeats", "confidence"}
+    assert set(keys["policy"]) == {"kind", "min_delta", "repeats", "confidence", "max_repeats", "pool_noise"}
     assert set(keys["mutator"]) == {"command", "timeout", "prompt"}
 
 

@@ -81,6 +81,16 @@ class Policy(ABC):
     def decide(self, baseline_scores: Sequence[float], candidate_scores: Sequence[float], direction: str) -> Decision:
         """Judge the candidate from every score so far; "continue" asks for one more candidate run."""
 
+    @property
+    def max_runs(self) -> int:
+        """The most candidate runs one decision may take."""
+        return self.repeats
+
+    @property
+    def baseline_runs(self) -> int:
+        """How many runs score a baseline."""
+        return self.repeats
+
     def runner_seed(self, iteration: int, run: int) -> int:
         """AUTORESEARCH_SEED of run `run` of iteration `iteration` (0: the baseline's runs, BASE_SEED + r)."""
         return BASE_SEED + run
