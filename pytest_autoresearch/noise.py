@@ -38,14 +38,21 @@ def pool(groups: Iterable[tuple[float, int]], start: Noise | None = None) -> Noi
 
 
 def task_noise(records: Iterable[Mapping[str, Any]]) -> Noise:
-    """The noise of a task's runner, from its records: each record's repeated scores and its baseline's, finite
-    ones only. Every record of one baseline repeats that baseline's scores: a sample is counted once."""
+    """The noise of a task's runner, from its records: each record's repeated scores and its baseline's, and the
+    single scores of one content (candidate_hash) scored in several records; finite scores only. Every record
+    of one baseline repeats that baseline's scores: a sample is counted once."""
     seen: set[tuple[float, ...]] = set()
     groups = []
+    singles: dict[str, list[float]] = {}
     for record in records:
         for scores in (record.get("baseline_scores"), record.get("scores")):
             finite = tuple(s for s in scores or () if isinstance(s, (int, float)) and math.isfinite(s))
             if len(finite) >= 2 and finite not in seen:
                 seen.add(finite)
                 groups.append(_group(finite))
+        runs = record.get("scores") or [record.get("score")]  # older records hold only the mean score
+        own = [s for s in runs if isinstance(s, (int, float)) and math.isfinite(s)]
+        if len(own) == 1 and record.get("candidate_hash"):
+            singles.setdefault(record["candidate_hash"], []).append(own[0])
+    groups += [_group(scores) for scores in singles.values() if len(scores) >= 2]
     return pool(groups)

@@ -20,6 +20,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from .files import write_atomic
+from .noise import task_noise
 from .results import STATUSES, read_records
 
 FIG_WIDTH_IN, TASK_HEIGHT_IN, DPI = 14, 5, 100
@@ -86,21 +87,34 @@ def frontier(records: list[dict]) -> list[tuple[dict, float, float | None]]:
 
 
 def noise(records: list[dict]) -> tuple[float, str] | None:
-    """Std of repeated baseline scores, else pooled std of scores sharing a candidate_hash."""
-    for r in records:
-        scores = [s for s in map(_number, r.get("baseline_scores") or []) if s is not None]
-        if len(scores) >= 2:
-            return statistics.stdev(scores), f"{len(scores)} baseline scores"
-    groups = defaultdict(list)
-    for r in records:
-        if r.get("candidate_hash") and _number(r.get("score")) is not None:
-            groups[r["candidate_hash"]].append(_number(r["score"]))
-    repeated = [g for g in groups.values() if len(g) >= 2]
-    if not repeated:
+    """The runner's noise as the noise-aware policy pools it (noise.task_noise): (std, what it rests on)."""
+    pooled = task_noise(records)
+    if not pooled.df:
         return None
-    dof = sum(len(g) - 1 for g in repeated)
-    pooled = sum(statistics.variance(g) * (len(g) - 1) for g in repeated) / dof
-    return math.sqrt(pooled), f"{sum(map(len, repeated))} scores of {len(repeated)} repeated candidates"
+    return math.sqrt(pooled.variance), f"pooled over {pooled.groups} groups of repeated runs, df {pooled.df}"
+
+
+def savings(records: list[dict]) -> str:
+    """Runs the statistics saved: candidates settled before their policy's most runs, and runs stopped early
+    (with the runner time a full run would have taken beyond the point each was stopped at)."""
+    settled_early = runs = 0
+    stopped, seconds_saved = 0, 0.0
+    for r in records:
+        statistic = r.get("statistic") or {}
+        most, used = _number(statistic.get("max_runs")), len(r.get("scores") or [])
+        if most and used:
+            runs += int(most)
+            settled_early += int(most) - used
+        evidence = statistic.get("early_stop")
+        if isinstance(evidence, dict) and (progress := _number(evidence.get("progress"))):
+            stopped += 1
+            seconds_saved += (_number(evidence.get("run_seconds")) or 0.0) * (100.0 / progress - 1.0)
+    if not runs and not stopped:
+        return "n/a"
+    text = f"{settled_early} of {runs} candidate runs (settled before the most the policy allows)" if runs else ""
+    if stopped:
+        text += ("; " if text else "") + f"{stopped} runs stopped early, ~{_duration(seconds_saved)} of runner time"
+    return text
 
 
 def _wall_span(records: list[dict]) -> float | None:
@@ -162,6 +176,7 @@ def task_markdown(task: str, records: list[dict]) -> str:
         f"| time | {_duration(busy)} in mutators and runners; "
         f"{_duration(_wall_span(records))} wall (first start to last end) |",
         f"| noise (std) | {'n/a' if sigma is None else f'{sigma[0]:.6f} ({sigma[1]})'} |",
+        f"| runs saved | {savings(records)} |",
         "", "### Kept changes", "",
         "| iteration | score | delta | description |", "|---:|---:|---:|---|",
     ]

@@ -90,14 +90,14 @@ def test_report_md_contents(results: Path, tmp_path: Path) -> None:
     assert "| total improvement | 0.030000 (3.00%) |" in bpb
     assert "| crashes | 3 |" in bpb
     assert "baseline 1, keep 2, discard 1, crash 3, rejected 1, interrupted 1" in bpb
-    assert "| noise (std) | 0.002000 (3 baseline scores) |" in bpb
+    assert "| noise (std) | 0.002000 (pooled over 1 groups of repeated runs, df 2) |" in bpb
     assert "| 2 | CUDA out of memory |" in bpb and "| 1 | FAIL: loss is NaN |" in bpb
     # 9 runs of 300 s; first start 00:00, last end 01:20 + 5 min
     assert "45m 00s in mutators and runners; 1h 25m 00s wall" in bpb
     # maximize: best is the highest; noise from the twice-scored candidate; '|' cannot break the table
     assert "| best | 0.600000 |" in skill and "| total improvement | 0.100000 (20.00%) |" in skill
     assert "| 2 | 0.600000 | +0.100000 | add / examples |" in skill
-    assert "| noise (std) | 0.070711 (2 scores of 1 repeated candidates) |" in skill
+    assert "| noise (std) | 0.070711 (pooled over 1 groups of repeated runs, df 1) |" in skill
     assert "| crashes | 0 |" in skill and "Top crash reasons" not in skill
 
 

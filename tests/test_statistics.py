@@ -130,3 +130,18 @@ def test_keep_rates_at_repeats_3_meet_the_issues_bounds(gain, sessions, low, hig
     if gain:  # what the new rules buy over the per-decision Welch test of before (52-78 % at 3 sigma)
         old = make_policy({"kind": "noise-aware", "repeats": 3, "max_repeats": 3, "pool_noise": False})
         assert sum(simulate(old, gain, 60, seed)[0] for seed in range(20)) / 1200 < low
+
+
+def test_the_report_shows_the_pooled_noise_and_the_runs_saved():
+    from pytest_autoresearch import report
+    records = [
+        {"task": "t", "iteration": 0, "status": "baseline", "scores": [1.0, 1.2, 0.8, 1.0]},
+        {"task": "t", "iteration": 1, "status": "discard", "scores": [2.0, 2.2], "baseline_scores": [1.0, 1.2, 0.8, 1.0],
+         "statistic": {"max_runs": 6}},
+        {"task": "t", "iteration": 2, "status": "discard", "scores": [1.1, 1.3, 0.9], "runner_s": 75.0,
+         "statistic": {"max_runs": 6, "early_stop": {"progress": 25.0, "run_seconds": 25.0}}},
+    ]
+    sd, basis = report.noise(records)
+    assert sd == pytest.approx(math.sqrt((0.08 + 0.02 + 0.08) / (3 + 1 + 2))) and basis.endswith("df 6")
+    assert report.savings(records) == ("7 of 12 candidate runs (settled before the most the policy allows); "
+                                       "1 runs stopped early, ~1m 15s of runner time")

@@ -60,6 +60,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from ..early_stop import EarlyStop
+from ..early_stop import build as build_early_stop
+from ..noise import Noise
+
 DIRECTIONS = ("minimize", "maximize")
 BASE_SEED = 42  # baseline run r gets BASE_SEED + r; the mutator of iteration i gets BASE_SEED + i
 DEFAULT_KIND = "greedy"
@@ -77,9 +81,13 @@ class Policy(ABC):
     repeats: int  # how many baseline scores are needed, and the most candidate runs
     reuses_kept_scores: bool  # may a keep's own scores stand in for the next baseline's (see runner_seed)?
 
+    early_stop: EarlyStop | None  # policy.early_stop: stop a run whose progress curve is clearly worse
+
     @abstractmethod
-    def decide(self, baseline_scores: Sequence[float], candidate_scores: Sequence[float], direction: str) -> Decision:
-        """Judge the candidate from every score so far; "continue" asks for one more candidate run."""
+    def decide(self, baseline_scores: Sequence[float], candidate_scores: Sequence[float], direction: str,
+               noise: Noise | None = None) -> Decision:
+        """Judge the candidate from every score so far; "continue" asks for one more candidate run. noise: the
+        runner's noise pooled from the task's history (the baseline's runs included), for policies that use it."""
 
     @property
     def max_runs(self) -> int:
@@ -124,6 +132,10 @@ def make_policy(spec: Mapping[str, Any] | None) -> Policy:
                                  f"policy.{key}: not valid for kind greedy (it scores once; use kind {elsewhere[0]})")
             raise ValueError(f"policy.{key}: unknown key (expected one of: {', '.join(allowed)})")
     return importlib.import_module(f"{__name__}.{kind.replace('-', '_')}").build(spec)
+
+
+def early_stop(spec: Mapping[str, Any]) -> EarlyStop | None:
+    return build_early_stop(spec["early_stop"]) if "early_stop" in spec else None
 
 
 def min_delta(spec: Mapping[str, Any]) -> float:

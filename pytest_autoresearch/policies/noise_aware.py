@@ -10,10 +10,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ..early_stop import EarlyStop
 from ..noise import Noise
-from . import BASE_SEED, Decision, Policy, check_inputs, is_number, mean, min_delta, non_finite_decision
+from . import BASE_SEED, Decision, Policy, check_inputs, early_stop, is_number, mean, min_delta, non_finite_decision
 
-KEYS = ("repeats", "confidence", "min_delta", "max_repeats", "pool_noise")
+KEYS = ("repeats", "confidence", "min_delta", "max_repeats", "pool_noise", "early_stop")
 DEFAULT_REPEATS = 5
 DEFAULT_CONFIDENCE = 0.95
 MIN_HISTORY_DF = 4        # pooled noise is used once the history holds this many degrees of freedom
@@ -36,7 +37,7 @@ def build(spec: Mapping[str, Any]) -> NoiseAwarePolicy:
     if not isinstance(pool_noise, bool):
         raise ValueError(f"policy.pool_noise: must be true or false, got {pool_noise!r}")
     return NoiseAwarePolicy(repeats=repeats, confidence=float(confidence), min_delta=delta, max_repeats=max_repeats,
-                            pool_noise=pool_noise)
+                            pool_noise=pool_noise, early_stop=early_stop(spec))
 
 
 
@@ -47,6 +48,7 @@ class NoiseAwarePolicy(Policy):
     min_delta: float = 0.0
     max_repeats: int | None = None  # None: repeats (one look)
     pool_noise: bool = True
+    early_stop: EarlyStop | None = None
     kind: str = "noise-aware"
     # a keep's scores were selected for looking good (the winner's curse): its content is scored afresh
     reuses_kept_scores: bool = False
@@ -95,6 +97,7 @@ class NoiseAwarePolicy(Policy):
             p_better, p_worse = student_t_sf(t, df), student_t_sf(-t, df)
         statistic = {"test": test, "t": t, "df": df, "p_value": p_better, "delta": delta,
                      "min_delta": self.min_delta, "confidence": self.confidence, "looks": looks,
+                     "max_runs": self.max_runs,
                      "n_baseline": nb, "n_candidate": nc, "mean_baseline": mb, "mean_candidate": mc}
         if pooled is not None:
             statistic.update(noise_sd=math.sqrt(pooled.variance), noise_df=pooled.df)
