@@ -12,6 +12,7 @@ import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 
 class EngineError(Exception):
@@ -51,3 +52,36 @@ def naming(path: Path, instead: bool = False) -> Iterator[None]:
         if error.filename is not None and not instead:
             raise
         raise OSError(error.errno, error.strerror or str(error), str(path)) from error
+
+
+class Ended(Exception):
+    """A step ended the iteration before the policy's verdict. Each kind carries its record's status; str() is
+    the record's reason. `log` names another log than the iteration's (a baseline run's); `runs` holds what the
+    candidate's runs measured before the end (run.Runs), which the record keeps."""
+    status = ""
+
+    def __init__(self, reason: str, *, log: str | None = None, runs: Any = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.log = log
+        self.runs = runs
+
+
+class Crashed(Ended):
+    """The mutator or a runner failed, timed out or gave no score, or the file system failed an engine step."""
+    status = "crash"
+
+
+class Rejected(Ended):
+    """The candidate broke a mutation limit or a scorer constraint: it is no candidate."""
+    status = "rejected"
+
+
+class Unchanged(Ended):
+    """The candidate changed nothing: discarded without a run."""
+    status = "discard"
+
+
+class Interrupted(Ended):
+    """Ctrl-C or SIGTERM before a verdict."""
+    status = "interrupted"

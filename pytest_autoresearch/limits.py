@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .errors import Rejected, Unchanged
 from .sandbox import Content, Link, Manifest, read_content
 from .task import Task
 
@@ -126,3 +127,12 @@ def check_sandbox(task: Task, sandbox: Path, before: Manifest, after: Manifest,
     changes = diff_artifacts(baseline, candidate_artifacts)
     new_content = {c.path: candidate_artifacts.get(c.path) for c in changes}
     return judge(task, changes, new_content, protected=protected, escaping=escaping, outside=outside)
+
+
+def enforce(verdict: Verdict) -> Verdict:
+    """The change set, when there is something to run: Rejected for a broken limit, Unchanged for no change."""
+    if verdict.violation is not None:
+        raise Rejected(verdict.violation)
+    if not verdict.changes:
+        raise Unchanged("no change")
+    return verdict

@@ -1,4 +1,5 @@
-"""Run the task's runner on a sandbox and read its score and metrics through the task's scorer."""
+"""Step 4, run and score: the task's runner on a sandbox, its score and metrics read through the task's scorer;
+a candidate is run until its policy settles."""
 
 from __future__ import annotations
 
@@ -7,7 +8,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
+from .engine import Engine
+from .errors import Crashed, Rejected
 from .process import run_logged
+from .results import mean
 from .scorers import NoScore, extract_metrics
 from .task import Task
 
@@ -18,6 +22,14 @@ class RunOutcome:
     seconds: float
     failure: str | None = None
     metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Runs:
+    """What a candidate's runs measured: every score in run order, the last run's metrics, runner seconds."""
+    scores: tuple[float, ...] = ()
+    metrics: dict[str, float] = field(default_factory=dict)
+    runner_s: float = 0.0
 
 
 def score_once(task: Task, sandbox: Path, env: Mapping[str, str], log: BinaryIO, header: str) -> RunOutcome:
@@ -32,3 +44,25 @@ def score_once(task: Task, sandbox: Path, env: Mapping[str, str], log: BinaryIO,
     except NoScore as e:
         return RunOutcome(None, result.seconds, str(e), extract_metrics(result.stdout))
     return RunOutcome(scored.score, result.seconds, None, scored.metrics)
+
+
+def score_candidate(engine: Engine, task: Task, iteration: int, baseline_scores: list[float], sandbox: Path,
+                    log: BinaryIO, extra_env: dict[str, str]) -> Runs:
+    """Run the candidate until its policy stops asking for more (at most policy.repeats runs). Raises Crashed on
+    a failed run and Rejected on a run that breaks a scorer constraint (a candidate over a bound is no candidate:
+    the policy never sees it), each carrying the runs so far."""
+    runs, repeats = Runs(), task.policy.repeats
+    baseline_score = mean(baseline_scores)
+    for r in range(repeats):
+        seed = task.policy.runner_seed(iteration, r)
+        env = engine.env(task, iteration, baseline_score, seed, sandbox, extra_env)
+        outcome = score_once(task, sandbox, env, log, f"runner run {r + 1}/{repeats} (seed {seed})")
+        runner_s = round(runs.runner_s + outcome.seconds, 3)
+        if outcome.failure is not None:
+            raise Crashed(outcome.failure, runs=Runs(runs.scores, runs.metrics, runner_s))
+        if (broken := next(filter(None, (c.broken_by(outcome.metrics) for c in task.constraints)), None)):
+            raise Rejected(broken, runs=Runs(runs.scores, outcome.metrics, runner_s))
+        runs = Runs(runs.scores + (outcome.score,), outcome.metrics, runner_s)
+        if task.policy.decide(baseline_scores, runs.scores, task.direction).verdict != "continue":
+            break
+    return runs

@@ -4,14 +4,17 @@ with --autoresearch-dir, or with --autoresearch-results (then the results file's
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 
 from filelock import FileLock
 
 from .errors import naming
 from .files import remove_dead_temp_files
+from .sandbox import Content, Link
 from .results import ResultsStore
 
 DEFAULT_DIR = "work"
@@ -57,6 +60,26 @@ class Storage:
         """A new log for a baseline run: `<stem>.log`, or `<stem>.2.log`, ... when an earlier session's (the same
         content scored again, e.g. after a fresh results file) holds the name: logs are never overwritten."""
         return self._create(self.logs_dir / task / f"{stem}.log")
+
+    @staticmethod
+    def write_diff(log: Path, old: Mapping[str, Content], new: Mapping[str, Content]) -> None:
+        """<iteration>.diff beside the iteration's log: what the candidate changed, kept or not (text files only)."""
+        def text(content: Content | None) -> list[str]:
+            if content is None:
+                return []
+            if isinstance(content, Link):
+                return [f"-> {content.target}\n"]
+            try:
+                return content.decode("utf-8").splitlines(keepends=True)
+            except UnicodeDecodeError:
+                return ["(binary)\n"]
+        chunks = []
+        for rel in sorted(set(old) | set(new)):
+            if old.get(rel) != new.get(rel):
+                chunks.extend(difflib.unified_diff(text(old.get(rel)), text(new.get(rel)), f"a/{rel}", f"b/{rel}"))
+        path = log.with_suffix(".diff")
+        with naming(path):
+            path.write_text("".join(chunks), encoding="utf-8")
 
     @staticmethod
     def _create(path: Path) -> Path:

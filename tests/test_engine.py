@@ -15,7 +15,7 @@ from autoresearch_helpers import write_task
 from pytest_autoresearch import gpus
 from pytest_autoresearch.engine import Engine
 from pytest_autoresearch.storage import Storage
-from pytest_autoresearch.iteration import _rebase
+from pytest_autoresearch.landing import rebase
 from pytest_autoresearch.limits import Change, Verdict, count_lines, diff_artifacts
 from pytest_autoresearch.policies import Decision
 from pytest_autoresearch.results import Record, ResultsStore
@@ -178,7 +178,8 @@ def test_keep_scores_stand_in_for_a_baseline_only_when_reuse_is_asked(tmp_path):
 
 
 def test_runner_seeds_differ_between_a_candidate_and_its_rescoring_under_noise_aware(tmp_path):
-    from pytest_autoresearch.engine import runner_seed
+    def runner_seed(task, iteration, run):  # the seed rule is the policy's own
+        return task.policy.runner_seed(iteration, run)
     greedy, noisy = task_at(tmp_path), task_at(tmp_path, policy={"kind": "noise-aware", "repeats": 3})
     assert [runner_seed(greedy, i, 0) for i in (0, 1, 7)] == [42, 42, 42]  # upstream: every run seeded alike
     assert [runner_seed(noisy, 0, r) for r in range(3)] == [42, 43, 44]
@@ -294,6 +295,10 @@ def test_device_count_through_the_driver_library_agrees_with_torch():
 
 # ----------------------------------------------------------------------------
 # stale keeps under xdist
+
+
+def _rebase(engine, task, record, decision, verdict, baseline, current):
+    return rebase(engine, task, record.scores, decision, verdict.candidate, baseline, current)
 
 
 def test_stale_keep_is_rebased_only_without_conflict_and_when_still_better(tmp_path):

@@ -410,7 +410,7 @@ def test_engine_env_protects_files_from_the_subprocess(tmp_path: Path) -> None:
     record = Record(task.name, 1, "running", "score", "minimize", "2024-01-01T00:00:00Z", "main")
     sandbox = tmp_path / "sandbox"
     sandbox.mkdir()
-    env = engine.env(task, record, 0, sandbox, {})
+    env = engine.env(task, record.iteration, record.baseline_score, 0, sandbox, {})
     assert env["AUTORESEARCH_PROTECTED"] == "prepare.py"
     (sandbox / "prepare.py").write_text(SMALL)
     (sandbox / "train.py").write_text(SMALL)

@@ -1,0 +1,121 @@
+"""The baseline's scores: found on record by the artifacts' content hash, else scored once, however many
+xdist workers need it at the same time (its runs are shared out between them), and recorded as a
+`baseline` record that every worker then reads."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from filelock import Timeout
+
+from .engine import Engine
+from .errors import Crashed
+from .files import write_atomic
+from .results import Record, mean
+from .run import score_once
+from .sandbox import Content, copy_tree, read_contents, scan
+from .task import Task
+from .workspace import apply_contents, protected_hashes
+
+
+def baseline_scores(engine: Engine, task: Task, content_hash: str, source: Path, baseline: dict[str, Content],
+                    scratch: Path, extra_env: dict[str, str], started_at: str) -> list[float]:
+    """The scores of the baseline `baseline` (hash `content_hash`), scoring it first when results.jsonl holds
+    too few of them. Raises Crashed when a baseline run fails: no candidate can be judged then."""
+    scores = recorded_scores(engine, task, content_hash)
+    if len(scores) < task.policy.repeats:
+        start = time.perf_counter()
+        runs = _runs(engine, task, content_hash, source, baseline, scratch, extra_env)
+        with engine.storage.lock(f"baseline-{task.name}-{content_hash}"):  # one baseline record, whoever finishes
+            scores = recorded_scores(engine, task, content_hash)
+            if len(scores) < task.policy.repeats:
+                scores = _record(engine, task, content_hash, runs, time.perf_counter() - start, started_at)
+    return scores
+
+
+def recorded_scores(engine: Engine, task: Task, content_hash: str) -> list[float]:
+    """The baseline scores on record for this content (a keep's own scores only where the policy allows)."""
+    return engine.storage.results.scores_for(task.name, content_hash, reuse_kept=task.policy.reuses_kept_scores)
+
+
+def _runs(engine: Engine, task: Task, content_hash: str, source: Path, baseline: dict[str, Content],
+          scratch: Path, extra_env: dict[str, str]) -> list[dict[str, Any]]:
+    """The baseline's `repeats` runs, shared out: each run has its own lock, and a worker first takes every run
+    nobody has started, then waits for the others' (running any whose worker gave up). So the xdist workers
+    that need a new baseline score it side by side, R runs on R GPUs in the time of one, while a single process
+    simply runs them in turn. Finished runs are kept beside results.jsonl (<results>.baseline-runs/, atomic
+    JSON), so an interruption loses only the runs in flight; a saved run counts only for the same runner,
+    metric and protected files (its `setup`)."""
+    folder = engine.storage.results.baseline_runs / task.name / content_hash
+    folder.mkdir(parents=True, exist_ok=True)
+    sandbox = scratch / "baseline"
+    protected = protected_hashes(task, read_contents(source, [rel for rel in scan(source) if task.is_protected(rel)]))
+    setup = hashlib.sha256(json.dumps([task.runner_command, task.metric, task.scorer.setup,
+                                       sorted(protected.items())]).encode()).hexdigest()[:16]
+
+    def run(r: int) -> dict[str, Any]:
+        if not sandbox.exists():
+            copy_tree(source, sandbox, engine.storage_in_tree)
+            present = engine.artifacts_in(task, sandbox)
+            apply_contents(sandbox, {**{rel: None for rel in present if rel not in baseline}, **baseline})
+        name = "" if task.policy.repeats == 1 else f"-run{r + 1}"
+        log_path = engine.storage.baseline_log(task.name, f"baseline-{content_hash}{name}")
+        seed = task.policy.runner_seed(0, r)
+        env = engine.env(task, 0, None, seed, sandbox, extra_env)
+        with open(log_path, "wb") as log:
+            outcome = score_once(task, sandbox, env, log, f"baseline run {r + 1}/{task.policy.repeats} (seed {seed})")
+        if outcome.failure is not None:
+            raise Crashed(f"baseline: {outcome.failure}", log=engine.shown(log_path))
+        saved = {"score": outcome.score, "seconds": round(outcome.seconds, 3), "metrics": outcome.metrics,
+                 "log": engine.shown(log_path), "worker": engine.worker, "setup": setup}
+        write_atomic(folder / f"{r}.json", json.dumps(saved))
+        return saved
+
+    runs: dict[int, dict[str, Any]] = {}
+    for wait in (False, True):
+        for r in range(task.policy.repeats):
+            if r not in runs and (found := _finished_run(folder, r, setup)) is not None:
+                runs[r] = found
+            if r in runs:
+                continue
+            lock = engine.storage.lock(f"baseline-{task.name}-{content_hash}-run{r}")
+            try:
+                lock.acquire(timeout=-1 if wait else 0)
+            except Timeout:
+                continue  # another worker is on it: take the next run, come back for this one
+            try:
+                runs[r] = _finished_run(folder, r, setup) or run(r)  # it may have finished while we waited
+            finally:
+                lock.release()
+    return [runs[r] for r in range(task.policy.repeats)]
+
+
+def _record(engine: Engine, task: Task, content_hash: str, runs: list[dict[str, Any]], wall_s: float,
+            started_at: str) -> list[float]:
+    """Append the baseline record: runner_s sums the runs (GPU time), duration_s is this worker's wait."""
+    scores = [float(run["score"]) for run in runs]
+    workers = sorted({run["worker"] for run in runs})
+    reason = "baseline scored" + (f"; runs by {', '.join(workers)}" if len(workers) > 1 else "")
+    engine.storage.results.append(Record(
+        task=task.name, iteration=0, status="baseline", metric=task.metric, direction=task.direction,
+        started_at=started_at, worker=engine.worker, baseline_hash=content_hash, log=runs[0]["log"], scores=scores,
+        score=mean(scores), baseline_scores=scores, baseline_score=mean(scores), metrics=runs[-1]["metrics"],
+        reason=reason, description="baseline", runner_s=round(sum(run["seconds"] for run in runs), 3),
+        duration_s=round(wall_s, 3)))
+    return scores
+
+
+def _finished_run(folder: Path, r: int, setup: str) -> dict[str, Any] | None:
+    """Baseline run r's saved outcome, or None when it has not finished under this setup (a file that cannot
+    be read as one, e.g. edited by hand, counts as not finished: the run is simply done again)."""
+    try:
+        run = json.loads((folder / f"{r}.json").read_text(encoding="utf-8"))
+        run["score"] = float(run["score"])
+        complete = all(key in run for key in ("seconds", "metrics", "log", "worker"))
+        return run if complete and run.get("setup") == setup else None
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
