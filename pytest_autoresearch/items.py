@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from .attempt import Attempt
 from .engine import Engine
 from .errors import StorageUnwritable
-from .iteration import run_iteration
+from .iteration import attempt_iteration, run_iteration
 from .results import Record
 from .sandbox import scan
 from .task import Task, TaskError, load_task, unmatched_globs
@@ -20,6 +21,7 @@ from .workspace import Snapshot
 
 LOG_TAIL_LINES = 30
 FAILING = ("crash", "rejected", "interrupted")
+PROPERTIES = ("task", "iteration", "status", "metric", "score", "baseline_score", "reason", "log")  # JUnit XML
 
 
 class TaskWarning(pytest.PytestWarning):
@@ -103,28 +105,47 @@ class _StopLoop(Exception):
 
 
 def _run_one(request: pytest.FixtureRequest, autoresearch_engine: Engine, item: IterationItem) -> None:
+    description = os.environ.get("AUTORESEARCH_DESCRIPTION", "")
     try:
-        record = run_iteration(autoresearch_engine, item.task, os.environ.get("AUTORESEARCH_DESCRIPTION", ""))
+        if item.hands_over:  # the controller decides and lands it (session.py); a crash or rejection fails here
+            item.attempt = attempt_iteration(autoresearch_engine, item.task, description)
+            if item.attempt.status in FAILING:
+                raise IterationFailed(failure_text(autoresearch_engine.rootdir, item.attempt.status,
+                                                   item.attempt.reason, item.attempt.log))
+            return
+        record = run_iteration(autoresearch_engine, item.task, description)
     except StorageUnwritable as e:  # nothing was applied; no later iteration could be recorded either
         pytest.exit(f"autoresearch: stopped: {e}; nothing was applied")
     item.record = record
-    for key in ("task", "iteration", "status", "metric", "score", "baseline_score", "reason", "log"):
-        item.user_properties.append((key, getattr(record, key)))
+    item.user_properties.extend(properties(record))
+    if (failure := verdict_failure(autoresearch_engine.rootdir, record,
+                                   request.config.getoption("autoresearch_fail_on_discard"))) is not None:
+        raise IterationFailed(failure)
+
+
+def properties(record: Record) -> list[tuple[str, object]]:
+    """The record's fields that an item's report carries (JUnit XML's properties)."""
+    return [(key, getattr(record, key)) for key in PROPERTIES]
+
+
+def verdict_failure(rootdir: Path, record: Record, fail_on_discard: bool) -> str | None:
+    """Why the record fails its item (crash, rejected, interrupted, or a gated discard), else None."""
     if record.status in FAILING:
-        raise IterationFailed(_failure_text(autoresearch_engine.rootdir, record))
-    if record.status == "discard" and request.config.getoption("autoresearch_fail_on_discard"):
-        raise IterationFailed(f"discarded (--autoresearch-fail-on-discard): {record.reason}")
+        return failure_text(rootdir, record.status, record.reason, record.log)
+    if record.status == "discard" and fail_on_discard:
+        return f"discarded (--autoresearch-fail-on-discard): {record.reason}"
+    return None
 
 
-def _failure_text(rootdir: Path, record: Record) -> str:
-    text = f"{record.status}: {record.reason}"
-    if record.status == "crash" and record.log:
-        path = rootdir / record.log if not os.path.isabs(record.log) else Path(record.log)
+def failure_text(rootdir: Path, status: str, reason: str, log: str | None) -> str:
+    text = f"{status}: {reason}"
+    if status == "crash" and log:
+        path = rootdir / log if not os.path.isabs(log) else Path(log)
         try:
             tail = path.read_text(encoding="utf-8", errors="replace").splitlines()[-LOG_TAIL_LINES:]
         except OSError:
             tail = []
-        text += f"\nlog: {record.log} (last {len(tail)} lines)\n" + "\n".join("    " + line for line in tail)
+        text += f"\nlog: {log} (last {len(tail)} lines)\n" + "\n".join("    " + line for line in tail)
     return text
 
 
@@ -147,21 +168,25 @@ class TaskFile(pytest.File):
         iterations = self.config.getoption("autoresearch_iterations")
         if iterations == 0:  # one endless loop per xdist worker, so -n N still runs N iterations at once
             workers = getattr(self.config, "workerinput", {}).get("workercount", 1)
-            for k in range(1, workers + 1):
+            for k in range(1, workers + 1):  # a loop lands its own iterations: one item has but one report
                 yield IterationItem.from_parent(self, name=f"{task.name}[loop-{k}]", callobj=autoresearch_loop,
-                                                task=task, since=since)
+                                                task=task, since=since, hands_over=False)
             return
+        # an xdist worker hands its attempts to the controller; the workspace's one candidate lands where it is read
+        hands_over = hasattr(self.config, "workerinput") and not task.workspace_mode
         for k in range(1, iterations + 1):
             yield IterationItem.from_parent(self, name=f"{task.name}[{k}]", callobj=autoresearch_iteration,
-                                            task=task, since=since)
+                                            task=task, since=since, hands_over=hands_over)
 
 
 class IterationItem(pytest.Function):
-    def __init__(self, *, task: Task, since: int, **kwargs) -> None:
+    def __init__(self, *, task: Task, since: int, hands_over: bool, **kwargs) -> None:
         super().__init__(**kwargs)
         self.task = task
         self.since = since  # the task's last iteration before this session: patience counts after it
-        self.record: Record | None = None
+        self.hands_over = hands_over  # its attempt is landed by the xdist controller, from this item's report
+        self.record: Record | None = None  # landed here
+        self.attempt: Attempt | None = None  # handed over
 
     def runtest(self) -> None:
         try:

@@ -9,11 +9,15 @@ from typing import Any
 
 import pytest
 
+from .attempt import Attempt
 from .engine import Engine
 from .errors import StorageUnwritable
 from .interrupts import TerminateAsInterrupt, interrupt_reason
-from .items import IterationItem, TaskFile, crash_stop
+from .items import FailureText, IterationItem, TaskFile, crash_stop, properties, verdict_failure
+from .landing import Landing
+from .results import Record
 from .storage import DEFAULT_DIR, RESULTS_NAME, Storage
+from .task import Task, load_task
 
 TASK_FILE = "task.yaml"
 TASK_DIR = "experiments"  # where tasks live, below the folder they run in
@@ -114,6 +118,8 @@ class AutoresearchSession:
         self.heads_at_start = self.engine.storage.results.heads()  # read before any worker can keep
         self.terminate = TerminateAsInterrupt()
         self.interrupted: str | None = None
+        self.tasks: dict[str, Task] = {}  # the controller's own reading of the tasks whose attempts it lands
+        self.landed: dict[str, list[tuple[str, object]]] = {}  # nodeid -> its record's properties, until teardown
 
     def pytest_report_header(self, config: pytest.Config) -> str:
         return f"autoresearch: tasks run in {self.options.rootdir} ({self.options.rootdir_why})"
@@ -150,12 +156,39 @@ class AutoresearchSession:
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo[None]):
         report = yield
-        record = getattr(item, "record", None)
-        if isinstance(item, IterationItem) and record is not None and report.when == "call":
-            report.autoresearch = {"task": record.task, "iteration": record.iteration, "status": record.status,
-                                   "score": record.score, "baseline_score": record.baseline_score,
-                                   "direction": record.direction}
+        if isinstance(item, IterationItem) and report.when == "call":
+            if item.record is not None:
+                report.autoresearch = _outcome(item.record)
+            elif item.attempt is not None:  # for the controller to land (pytest_runtest_logreport)
+                report.autoresearch_attempt = item.attempt.to_data()
         return report
+
+    # ------------------------------------------------------------------------
+    # Deciding (on the xdist controller): a worker's attempt is decided, applied, committed and recorded here,
+    # before any other plugin sees its report, so labels, failures and JUnit XML show the verdict
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if report.when == "teardown" and report.nodeid in self.landed:  # JUnit XML reads the teardown report's
+            report.user_properties = [*report.user_properties, *self.landed.pop(report.nodeid)]
+        data = getattr(report, "autoresearch_attempt", None)
+        if data is None or self.engine.worker != "main":
+            return
+        del report.autoresearch_attempt  # landed now; its file contents go no further
+        attempt = Attempt.from_data(data)
+        if attempt.task_file not in self.tasks:
+            self.tasks[attempt.task_file] = load_task(Path(attempt.task_file), self.options.rootdir)
+        try:
+            record = Landing(self.engine).land(self.tasks[attempt.task_file], attempt)
+        except StorageUnwritable as e:  # nothing was applied; no later iteration could be recorded either
+            pytest.exit(f"autoresearch: stopped: {e}; nothing was applied")
+        report.autoresearch = _outcome(record)
+        report.user_properties = [*report.user_properties, *properties(record)]
+        self.landed[report.nodeid] = properties(record)
+        failure = verdict_failure(self.options.rootdir, record, self.options.fail_on_discard)
+        if report.passed and failure is not None:
+            report.outcome = "failed"
+            report.longrepr = FailureText(failure, Path(attempt.task_file))
 
     def pytest_report_teststatus(self, report: pytest.TestReport) -> tuple[str, str, Any] | None:
         outcome = getattr(report, "autoresearch", None)
@@ -224,6 +257,12 @@ class AutoresearchSession:
                     if (path := self.options.results.parent / name).is_file()]
         if existing:
             tr.write_line(f"report files (as of their last writing): {', '.join(existing)}")
+
+
+def _outcome(record: Record) -> dict[str, Any]:
+    """What a report carries of its record for the verdict labels (pytest_report_teststatus)."""
+    return {"task": record.task, "iteration": record.iteration, "status": record.status, "score": record.score,
+            "baseline_score": record.baseline_score, "direction": record.direction}
 
 
 def _num(value: float | None) -> str:
