@@ -11,7 +11,6 @@ lands); run_iteration runs both here."""
 from __future__ import annotations
 
 import shutil
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -30,6 +29,7 @@ from .limits import enforce
 from .results import Record, mean
 from .run import Runs, score_candidate
 from .sandbox import hash_contents
+from .scratch import new_scratch
 from .task import Task
 
 
@@ -61,7 +61,7 @@ def attempt_iteration(engine: Engine, task: Task, description: str = "") -> Atte
 @contextmanager
 def _scratch(task: Task) -> Iterator[Path]:
     """A private folder for the iteration's sandbox copies, removed once the iteration is done with them."""
-    path = Path(tempfile.mkdtemp(prefix=f"autoresearch-{task.name}-"))
+    path = new_scratch(task.name)  # removed below, or by its keeper if this process is killed
     try:
         yield path
     finally:

@@ -114,7 +114,7 @@ def test_resume_after_sigkill_continues_numbering_and_reuses_the_baseline(pytest
     runner = wait_for(marker, proc)  # iteration 1 was kept; iteration 2's runner sleeps
     proc.kill()
     proc.communicate(timeout=WAIT_S)
-    os.kill(runner, signal.SIGKILL)  # its own session: SIGKILL to pytest does not reach it
+    assert gone(runner)  # its reaper killed it when the lifeline from the dead pytest ended
     results = pytester.path / "work" / "results.jsonl"
     assert [r["status"] for r in records(pytester.path)] == ["baseline", "keep"]
     torn = '{"task": "t", "iteration": 2, "status": "ke'  # what a kill in the middle of a write leaves
