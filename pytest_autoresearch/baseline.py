@@ -15,6 +15,7 @@ from filelock import Timeout
 from .engine import Engine
 from .errors import Crashed
 from .files import write_atomic
+from .isolation import storage_paths
 from .results import Record, mean
 from .run import score_once
 from .sandbox import Content, copy_tree, read_contents, scan
@@ -67,7 +68,8 @@ def _runs(engine: Engine, task: Task, content_hash: str, source: Path, baseline:
         seed = task.policy.runner_seed(0, r)
         env = engine.env(task, 0, None, seed, sandbox, extra_env)
         with open(log_path, "wb") as log:
-            outcome = score_once(task, sandbox, env, log, f"baseline run {r + 1}/{task.policy.repeats} (seed {seed})")
+            outcome = score_once(task, sandbox, env, log, f"baseline run {r + 1}/{task.policy.repeats} (seed {seed})",
+                                 storage_paths(engine.storage))
         if outcome.failure is not None:
             raise Crashed(f"baseline: {outcome.failure}", log=engine.shown(log_path))
         saved = {"score": outcome.score, "seconds": round(outcome.seconds, 3), "metrics": outcome.metrics,

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from .engine import Engine
+from .isolation import command_wrapper, storage_paths
 from .landing import Landing
 from .limits import Verdict, check_sandbox, diff_artifacts, escapes, judge
 from .policies import BASE_SEED
@@ -75,7 +76,9 @@ class MutatorSource:
         env = self.engine.env(task, iteration, baseline_score, BASE_SEED + iteration, start.sandbox,
                               {**extra_env, "AUTORESEARCH_DESCRIPTION_FILE": str(self.description_file)})
         log.write(f"[autoresearch] mutator: {task.mutator_command}\n".encode())
-        result = run_logged(task.mutator_command, start.sandbox, env, task.mutator_timeout, log)
+        result = run_logged(task.mutator_command, start.sandbox, env, task.mutator_timeout, log,
+                            command_wrapper(task.mutator_isolation, task.rootdir, start.sandbox,
+                                            storage_paths(self.engine.storage), [self.description_file]))
         description = None
         if self.description_file.is_file():
             lines = self.description_file.read_text(encoding="utf-8", errors="replace").strip().splitlines()

@@ -3,13 +3,14 @@ a candidate is run until its policy settles."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
 from .engine import Engine
 from .errors import Crashed, Rejected
+from .isolation import command_wrapper, storage_paths
 from .process import run_logged
 from .results import mean
 from .scorers import NoScore, extract_metrics
@@ -32,11 +33,14 @@ class Runs:
     runner_s: float = 0.0
 
 
-def score_once(task: Task, sandbox: Path, env: Mapping[str, str], log: BinaryIO, header: str) -> RunOutcome:
+def score_once(task: Task, sandbox: Path, env: Mapping[str, str], log: BinaryIO, header: str,
+               hidden: Iterable[Path] = ()) -> RunOutcome:
+    """One run of the runner in sandbox; under runner.isolation, `hidden` (the engine's storage) is out of its sight."""
     gpu = f" on CUDA_VISIBLE_DEVICES={env['CUDA_VISIBLE_DEVICES']}" if "CUDA_VISIBLE_DEVICES" in env else ""
     log.write(f"[autoresearch] {header}{gpu}: {task.runner_command}\n".encode())
     log.flush()
-    result = run_logged(task.runner_command, sandbox, env, task.runner_timeout, log)
+    result = run_logged(task.runner_command, sandbox, env, task.runner_timeout, log,
+                        command_wrapper(task.runner_isolation, task.rootdir, sandbox, hidden))
     if (failure := result.failure("runner", task.runner_timeout)) is not None:
         return RunOutcome(None, result.seconds, failure)
     try:
@@ -56,7 +60,8 @@ def score_candidate(engine: Engine, task: Task, iteration: int, baseline_scores:
     for r in range(repeats):
         seed = task.policy.runner_seed(iteration, r)
         env = engine.env(task, iteration, baseline_score, seed, sandbox, extra_env)
-        outcome = score_once(task, sandbox, env, log, f"runner run {r + 1}/{repeats} (seed {seed})")
+        outcome = score_once(task, sandbox, env, log, f"runner run {r + 1}/{repeats} (seed {seed})",
+                             storage_paths(engine.storage))
         runner_s = round(runs.runner_s + outcome.seconds, 3)
         if outcome.failure is not None:
             raise Crashed(outcome.failure, runs=Runs(runs.scores, runs.metrics, runner_s))

@@ -15,7 +15,8 @@ from typing import Any
 import yaml
 
 from .gpus import auto_gpus
-from . import scorers
+from . import isolation, scorers
+from .isolation import Isolation
 from .policies import Policy, make_policy
 from .scorers import Constraint, Scorer
 
@@ -26,8 +27,8 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # task names become folde
 TOP_KEYS = ("name", "description", "artifacts", "protected", "mutation", "mutator", "runner", "scorer", "policy")
 REQUIRED_TOP_KEYS = ("artifacts", "mutator", "runner", "scorer")
 MUTATION_KEYS = ("max_files", "max_lines")
-MUTATOR_KEYS = ("command", "timeout", "prompt")
-RUNNER_KEYS = ("command", "timeout", "gpus")
+MUTATOR_KEYS = ("command", "timeout", "prompt", "isolation", "network")
+RUNNER_KEYS = ("command", "timeout", "gpus", "isolation", "network")
 DEFAULT_MUTATOR_TIMEOUT = 300.0
 DEFAULT_RUNNER_TIMEOUT = 600.0
 
@@ -57,6 +58,8 @@ class Task:
     constraints: tuple[Constraint, ...]  # a candidate run breaking one is rejected before the policy sees it
     direction: str
     policy: Policy
+    mutator_isolation: Isolation | None = None  # None: the command runs unsandboxed, as the user
+    runner_isolation: Isolation | None = None
 
     @property
     def workspace_mode(self) -> bool:
@@ -159,7 +162,7 @@ def load_task(path: Path, rootdir: Path) -> Task:
     max_lines = _number(mutation, "max_lines", None, "mutation", fail, integer=True)
 
     mutator = data["mutator"]
-    prompt = None
+    prompt, mutator_isolation = None, None
     if mutator == WORKSPACE:
         mutator_command, mutator_timeout = None, DEFAULT_MUTATOR_TIMEOUT
     elif isinstance(mutator, str):
@@ -170,10 +173,12 @@ def load_task(path: Path, rootdir: Path) -> Task:
         mutator_timeout = _number(mutator, "timeout", DEFAULT_MUTATOR_TIMEOUT, "mutator", fail)
         if "prompt" in mutator:
             prompt = _prompt(mutator["prompt"], rootdir, fail)
+        mutator_isolation = _isolation(mutator, "mutator", fail)
 
     runner = _mapping(data["runner"], "runner", RUNNER_KEYS, fail)
     runner_command = _command(runner, "runner", fail)
     runner_timeout = _number(runner, "timeout", DEFAULT_RUNNER_TIMEOUT, "runner", fail)
+    runner_isolation = _isolation(runner, "runner", fail)
     if runner.get("gpus") == "auto":
         gpus = auto_gpus()
     elif isinstance(runner.get("gpus"), str):
@@ -200,7 +205,8 @@ def load_task(path: Path, rootdir: Path) -> Task:
                 protected=protected, max_files=max_files, max_lines=max_lines, mutator_command=mutator_command,
                 mutator_timeout=mutator_timeout, prompt=prompt, runner_command=runner_command,
                 runner_timeout=runner_timeout, gpus=gpus, metric=scorer.metric, scorer=scorer, constraints=constraints,
-                direction=direction, policy=policy)
+                direction=direction, policy=policy, mutator_isolation=mutator_isolation,
+                runner_isolation=runner_isolation)
 
 
 def schema() -> dict[str, tuple[str, ...]]:
@@ -243,6 +249,14 @@ def _number(section: Mapping[str, Any], key: str, default, prefix: str, fail, in
         want = "an integer >= 0" if integer else "a number > 0"
         raise fail(f"{prefix}.{key}", f"must be {want}, got {value!r}")
     return value if integer else float(value)
+
+
+def _isolation(section: Mapping[str, Any], role: str, fail) -> Isolation | None:
+    chosen, problem = isolation.parse(section.get("isolation"), section.get("network"), role)
+    if problem is not None:
+        key, _, message = problem.partition(": ")
+        raise fail(key, message)
+    return chosen
 
 
 def _prompt(value: Any, rootdir: Path, fail) -> Path:

@@ -97,7 +97,8 @@ def test_the_schema_is_what_loading_accepts():
                         "scorer", "policy")
     assert set(keys["scorer"]) == {"kind", "metric", "pattern", "direction", "file", "constraints"}
     assert set(keys["policy"]) == {"kind", "min_delta", "repeats", "confidence", "max_repeats", "pool_noise"}
-    assert set(keys["mutator"]) == {"command", "timeout", "prompt"}
+    assert set(keys["mutator"]) == {"command", "timeout", "prompt", "isolation", "network"}
+    assert set(keys["runner"]) == {"command", "timeout", "gpus", "isolation", "network"}
 
 
 def test_usage_documents_every_task_key():
