@@ -70,8 +70,8 @@ def _runs(engine: Engine, task: Task, content_hash: str, source: Path, baseline:
         with open(log_path, "wb") as log:
             outcome = score_once(task, sandbox, env, log, f"baseline run {r + 1}/{task.policy.repeats} (seed {seed})",
                                  storage_paths(engine.storage))
-        if outcome.failure is not None:
-            raise Crashed(f"baseline: {outcome.failure}", log=engine.shown(log_path))
+        if outcome.baseline_failure is not None:
+            raise Crashed(f"baseline: {outcome.baseline_failure}", log=engine.shown(log_path))
         saved = {"score": outcome.score, "seconds": round(outcome.seconds, 3), "metrics": outcome.metrics,
                  "log": engine.shown(log_path), "worker": engine.worker, "setup": setup}
         write_atomic(folder / f"{r}.json", json.dumps(saved))

@@ -8,6 +8,7 @@ is killed, an `interrupted` record is written, and pytest reports the session as
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 from collections.abc import Iterator
@@ -21,6 +22,11 @@ def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt(f"{signal.Signals(signum).name} received")
 
 
+def _already_stopping(signum: int, frame: FrameType | None) -> None:
+    os.write(2, f"autoresearch: {signal.Signals(signum).name} received: already stopping (the iteration in "
+                f"progress is recorded); the summary follows\n".encode())
+
+
 def interrupt_reason(error: BaseException) -> str:
     """What stopped us: our handlers name the signal; Python's own Ctrl-C handler leaves the message empty."""
     return str(error) or "SIGINT received"
@@ -31,18 +37,29 @@ def _in_main_thread() -> bool:
 
 
 class TerminateAsInterrupt:
-    """Installs the SIGTERM -> KeyboardInterrupt handler for the session; restore() puts the old one back."""
+    """Installs the SIGTERM -> KeyboardInterrupt handler for the session, and (wind_down) the quiet handlers
+    of its end; restore() puts the old ones back."""
 
     def __init__(self) -> None:
         self.installed = False
         self.previous: object = signal.SIG_DFL
+        self.before_wind_down: dict[int, object] = {}
 
     def install(self) -> None:
         if _in_main_thread() and not self.installed:
             self.previous = signal.signal(signal.SIGTERM, _raise_interrupt)
             self.installed = True
 
+    def wind_down(self) -> None:
+        """Once the session is interrupted, a second SIGINT or SIGTERM says that it is already stopping: raised,
+        it would land in pytest's own teardown (its summary, the unconfigure hooks) as a raw traceback."""
+        if _in_main_thread() and not self.before_wind_down:
+            self.before_wind_down = {signum: signal.signal(signum, _already_stopping) for signum in HELD}
+
     def restore(self) -> None:
+        for signum, handler in self.before_wind_down.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+        self.before_wind_down = {}
         if self.installed:
             signal.signal(signal.SIGTERM, self.previous if self.previous is not None else signal.SIG_DFL)
             self.installed = False

@@ -20,6 +20,7 @@ from .task import Task, TaskError, load_task, unmatched_globs
 from .workspace import Snapshot
 
 LOG_TAIL_LINES = 30
+TASK_NAMES = pytest.StashKey[dict[str, Path]]()  # task name -> the task.yaml that has it, over the whole collection
 FAILING = ("crash", "rejected", "interrupted")
 PROPERTIES = ("task", "iteration", "status", "metric", "score", "baseline_score", "reason", "log")  # JUnit XML
 
@@ -157,6 +158,12 @@ class TaskFile(pytest.File):
         try:
             task = load_task(self.path, engine.rootdir)
         except TaskError as error:
+            yield InvalidTaskItem.from_parent(self, name="invalid", error=error)
+            return
+        first = self.config.stash.setdefault(TASK_NAMES, {}).setdefault(task.name, self.path)
+        if first != self.path:  # one name is one history: records, logs and baselines would be shared
+            error = TaskError(f"{engine.shown(self.path)}: name: {task.name!r} is already the name of "
+                              f"{engine.shown(first)} (their results and logs would mix)")
             yield InvalidTaskItem.from_parent(self, name="invalid", error=error)
             return
         for unmatched in unmatched_globs(task, scan(engine.rootdir)):

@@ -5,6 +5,7 @@ multi-host executor would call the same `Landing.land`."""
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, replace
@@ -187,10 +188,12 @@ def _record(task: Task, attempt: Attempt, decision: Decision | None) -> Record:
     """The iteration's record: the attempt's measurements and, when the policy judged it, the decision."""
     status, reason, statistic = ((attempt.status or "crash", attempt.reason, None) if decision is None
                                  else (decision.verdict, decision.reason, decision.statistic))
+    # records are strict JSON: a NaN or infinite score (the policy's discard; the reason says what it was) is null
+    scores = [score if math.isfinite(score) else None for score in attempt.scores]
     return Record(task=attempt.task, iteration=attempt.iteration, status=status, metric=task.metric,
                   direction=task.direction,
-                  started_at=attempt.started_at, worker=attempt.worker, score=mean(list(attempt.scores)),
-                  scores=list(attempt.scores), baseline_score=mean(list(attempt.baseline_scores)),
+                  started_at=attempt.started_at, worker=attempt.worker, score=None if None in scores else mean(scores),
+                  scores=scores, baseline_score=mean(list(attempt.baseline_scores)),
                   baseline_scores=list(attempt.baseline_scores), baseline_hash=attempt.baseline_hash,
                   candidate_hash=attempt.candidate_hash, files_changed=attempt.files_changed,
                   lines_changed=attempt.lines_changed, reason=reason, description=attempt.description,

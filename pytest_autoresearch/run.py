@@ -13,16 +13,22 @@ from .errors import Crashed, Rejected
 from .isolation import command_wrapper, storage_paths
 from .process import run_logged
 from .results import mean
-from .scorers import NoScore, extract_metrics
+from .scorers import NoScore, NotFinite, extract_metrics
 from .task import Task
 
 
 @dataclass(frozen=True)
 class RunOutcome:
-    score: float | None
+    score: float | None  # NaN or infinite when the run printed such a score (see not_finite)
     seconds: float
     failure: str | None = None
     metrics: dict[str, float] = field(default_factory=dict)
+    not_finite: str | None = None  # why the score is no finite number: the policy discards such a candidate
+
+    @property
+    def baseline_failure(self) -> str | None:
+        """Why this run cannot score a baseline: a failure, or a score that nothing could be judged against."""
+        return self.failure or self.not_finite
 
 
 @dataclass(frozen=True)
@@ -45,6 +51,8 @@ def score_once(task: Task, sandbox: Path, env: Mapping[str, str], log: BinaryIO,
         return RunOutcome(None, result.seconds, failure)
     try:
         scored = task.scorer.read(result.stdout, sandbox)
+    except NotFinite as e:
+        return RunOutcome(e.value, result.seconds, None, extract_metrics(result.stdout), str(e))
     except NoScore as e:
         return RunOutcome(None, result.seconds, str(e), extract_metrics(result.stdout))
     return RunOutcome(scored.score, result.seconds, None, scored.metrics)

@@ -129,13 +129,13 @@ class AutoresearchSession:
 
     def pytest_sessionstart(self, session: pytest.Session) -> None:
         self.terminate.install()
+        # restored after every pytest_unconfigure hook, not in ours: a signal during the others' must not raise
+        self.config.add_cleanup(self.terminate.restore)
         self.engine.storage.remove_dead_temp_files()
-
-    def pytest_unconfigure(self, config: pytest.Config) -> None:
-        self.terminate.restore()
 
     def pytest_keyboard_interrupt(self, excinfo: pytest.ExceptionInfo[BaseException]) -> None:
         self.interrupted = interrupt_reason(excinfo.value)
+        self.terminate.wind_down()  # the iteration is recorded: a second signal must not cut the summary short
 
     # ------------------------------------------------------------------------
     # Collection: task.yaml files only (explicitly named files aside)

@@ -6,6 +6,7 @@ so an agent (or a human) can fix the file without reading a traceback.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ MUTATOR_KEYS = ("command", "timeout", "prompt", "isolation", "network")
 RUNNER_KEYS = ("command", "timeout", "gpus", "isolation", "network")
 DEFAULT_MUTATOR_TIMEOUT = 300.0
 DEFAULT_RUNNER_TIMEOUT = 600.0
+MAX_TIMEOUT_S = 7 * 24 * 3600.0  # a week: past it a timeout is a typo, and the OS's timers overflow near 1e300
 
 
 class TaskError(Exception):
@@ -134,7 +136,11 @@ def load_task(path: Path, rootdir: Path) -> Task:
         return TaskError(f"{shown}: {key}: {message}")
 
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+        if (duplicate := _duplicate_key(yaml.compose(text, Loader=yaml.SafeLoader))) is not None:
+            key, first, again = duplicate
+            raise fail(key, f"duplicate key (lines {first} and {again}; YAML alone would keep the last)")
+        data = yaml.safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark is not None else ""
@@ -156,6 +162,8 @@ def load_task(path: Path, rootdir: Path) -> Task:
         raise fail("description", f"must be a string, got {type(description).__name__}")
     artifacts = _globs(data["artifacts"], "artifacts", fail, required=True)
     protected = _globs(data.get("protected", []), "protected", fail, required=False)
+    if (both := next((glob for glob in protected if glob in artifacts), None)) is not None:
+        raise fail("protected", f"{both!r} is also in artifacts: a path is either an artifact or protected")
 
     mutation = _mapping(data.get("mutation", {}), "mutation", MUTATION_KEYS, fail)
     max_files = _number(mutation, "max_files", None, "mutation", fail, integer=True)
@@ -245,10 +253,36 @@ def _number(section: Mapping[str, Any], key: str, default, prefix: str, fail, in
     if value is None:
         return None
     kind = int if integer else (int, float)
+    if not integer and isinstance(value, float) and not math.isfinite(value):
+        raise fail(f"{prefix}.{key}", f"must be a finite number of seconds, got {value!r}")
     if isinstance(value, bool) or not isinstance(value, kind) or value < 0 or (not integer and value == 0):
         want = "an integer >= 0" if integer else "a number > 0"
         raise fail(f"{prefix}.{key}", f"must be {want}, got {value!r}")
+    if not integer and value > MAX_TIMEOUT_S:
+        raise fail(f"{prefix}.{key}", f"must be at most {MAX_TIMEOUT_S:g} seconds (7 days), got {value:g}")
     return value if integer else float(value)
+
+
+def _duplicate_key(node: yaml.Node | None, prefix: str = "") -> tuple[str, int, int] | None:
+    """(dotted key, its first line, the line repeating it) for the first key a mapping of the document repeats:
+    YAML loaders keep the last silently, so a second `timeout:` would quietly win over the first."""
+    children: list[tuple[str, yaml.Node]] = []
+    if isinstance(node, yaml.MappingNode):
+        lines: dict[str, int] = {}
+        for key_node, value_node in node.value:
+            if not isinstance(key_node, yaml.ScalarNode):
+                continue
+            key, line = f"{prefix}{key_node.value}", key_node.start_mark.line + 1
+            if key in lines:
+                return key, lines[key], line
+            lines[key] = line
+            children.append((key + ".", value_node))
+    elif isinstance(node, yaml.SequenceNode):
+        children = [(prefix, item) for item in node.value]
+    for child_prefix, child in children:
+        if (found := _duplicate_key(child, child_prefix)) is not None:
+            return found
+    return None
 
 
 def _isolation(section: Mapping[str, Any], role: str, fail) -> Isolation | None:

@@ -17,6 +17,7 @@ from . import BASE_SEED, Decision, Policy, check_inputs, early_stop, is_number, 
 KEYS = ("repeats", "confidence", "min_delta", "max_repeats", "pool_noise", "early_stop")
 DEFAULT_REPEATS = 5
 DEFAULT_CONFIDENCE = 0.95
+MAX_REPEATS = 50  # runs per side: past it a typo (repeats: 10000 ran 3,025 baseline runs before it was stopped)
 MIN_HISTORY_DF = 4        # pooled noise is used once the history holds this many degrees of freedom
 FIRST_LOOK_SHARE = 0.2   # of 1 - confidence, spent at the first look when there are two
 SPREAD_DIFFERS_P = 0.01   # two-sided F-test: a candidate this unlike the pooled spread gets Welch's test
@@ -27,12 +28,16 @@ def build(spec: Mapping[str, Any]) -> NoiseAwarePolicy:
     repeats = spec.get("repeats", DEFAULT_REPEATS)
     if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
         raise ValueError(f"policy.repeats: must be an integer >= 1, got {repeats!r}")
+    if repeats > MAX_REPEATS:
+        raise ValueError(f"policy.repeats: must be at most {MAX_REPEATS} (runs per side), got {repeats}")
     confidence = spec.get("confidence", DEFAULT_CONFIDENCE)
     if not is_number(confidence) or not 0 < confidence < 1:
         raise ValueError(f"policy.confidence: must be a number strictly between 0 and 1, got {confidence!r}")
     max_repeats = spec.get("max_repeats", 2 * repeats)
     if isinstance(max_repeats, bool) or not isinstance(max_repeats, int) or max_repeats < repeats:
         raise ValueError(f"policy.max_repeats: must be an integer >= repeats ({repeats}), got {max_repeats!r}")
+    if max_repeats > 2 * MAX_REPEATS:
+        raise ValueError(f"policy.max_repeats: must be at most {2 * MAX_REPEATS}, got {max_repeats}")
     pool_noise = spec.get("pool_noise", True)
     if not isinstance(pool_noise, bool):
         raise ValueError(f"policy.pool_noise: must be true or false, got {pool_noise!r}")

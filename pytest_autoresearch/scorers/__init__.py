@@ -29,6 +29,23 @@ class NoScore(Exception):
     """A run that printed or wrote no usable score; str() says why (the iteration's crash reason)."""
 
 
+class NotFinite(NoScore):
+    """A score that is NaN or infinite: no number to judge against, so a baseline's is a crash (str() says
+    why), while a candidate's `value` goes to the policy, which discards it."""
+
+    def __init__(self, why: str, value: float) -> None:
+        super().__init__(why)
+        self.value = value
+
+
+def clipped(text: str, limit: int = 40) -> str:
+    """repr(text), cut to about `limit` characters with its length said: a reason quotes what a run printed,
+    which may be any length."""
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}... ({len(text):,} characters)"
+
+
 @dataclass(frozen=True)
 class Scored:
     score: float

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from . import Fail, NoScore, Scored, Scorer, extract_metrics
+from . import Fail, NoScore, NotFinite, Scored, Scorer, extract_metrics
 
 KEYS = ("file",)
 
@@ -37,6 +37,9 @@ class JsonFileScorer(Scorer):
             raise NoScore(f"no metric: {self.file} holds {type(data).__name__}, not an object of metrics")
         numbers = {k: float(v) for k, v in data.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
                    and math.isfinite(v)}
+        score = data.get(self.metric)
+        if isinstance(score, float) and not math.isfinite(score):  # Python's json reads NaN and Infinity
+            raise NotFinite(f"no metric: {self.file}'s {self.metric} is {score}", score)
         if self.metric not in numbers:
             raise NoScore(f"no metric: {self.file} has no finite number {self.metric!r}")
         return Scored(numbers[self.metric], {**extract_metrics(stdout), **numbers})

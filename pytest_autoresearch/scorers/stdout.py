@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import Fail, NoScore, Scored, Scorer, extract_metrics
+from . import Fail, NoScore, NotFinite, Scored, Scorer, clipped, extract_metrics
 
 KEYS = ("pattern",)
 
@@ -26,13 +26,14 @@ class StdoutScorer(Scorer):
 
     def read(self, stdout: str, sandbox: Path) -> Scored:
         score, why = extract_score(self.pattern, stdout, self.metric)
-        if score is None:
-            raise NoScore(why)
+        if why is not None:
+            raise NoScore(why) if score is None else NotFinite(why, score)
         return Scored(score, extract_metrics(stdout))
 
 
 def extract_score(pattern: re.Pattern[str], stdout: str, metric: str) -> tuple[float | None, str | None]:
-    """(score, None) from group 1 of the last matching line, else (None, why not)."""
+    """(score, None) from group 1 of the last matching line, else (None, why not); a NaN or infinity comes
+    with why it is no finite score: (nan, "no metric: score is nan")."""
     last = None
     for line in stdout.splitlines():
         if (match := pattern.search(line)) is not None:
@@ -43,9 +44,9 @@ def extract_score(pattern: re.Pattern[str], stdout: str, metric: str) -> tuple[f
     try:
         value = float(text)
     except (TypeError, ValueError):
-        return None, f"no metric: {metric} {text!r} is not a number"
+        return None, f"no metric: {metric} {clipped(text)} is not a number"
     if not math.isfinite(value):
-        return None, f"no metric: {metric} is {text}"
+        return value, f"no metric: {metric} is {value}"
     return value, None
 
 
