@@ -36,6 +36,8 @@ class Attempt:
     runner_s: float = 0.0
     gpu_wait_s: float = 0.0
     duration_s: float = 0.0
+    noise: dict[str, float] | None = None  # the history's pooled noise the runs were judged with (noise.Noise)
+    early_stop: dict[str, Any] | None = None  # policy.early_stop's evidence, when it stopped the last run
     workspace: bool = False  # mutator: workspace, the candidate is the workspace itself
     snapshot: tuple[dict[str, Content], dict[str, str], str | None] | None = None  # workspace: a keep's new baseline
 

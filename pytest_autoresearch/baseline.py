@@ -28,14 +28,28 @@ def baseline_scores(engine: Engine, task: Task, content_hash: str, source: Path,
     """The scores of the baseline `baseline` (hash `content_hash`), scoring it first when results.jsonl holds
     too few of them. Raises Crashed when a baseline run fails: no candidate can be judged then."""
     scores = recorded_scores(engine, task, content_hash)
-    if len(scores) < task.policy.repeats:
+    if len(scores) < task.policy.baseline_runs:
         start = time.perf_counter()
         runs = _runs(engine, task, content_hash, source, baseline, scratch, extra_env)
         with engine.storage.lock(f"baseline-{task.name}-{content_hash}"):  # one baseline record, whoever finishes
             scores = recorded_scores(engine, task, content_hash)
-            if len(scores) < task.policy.repeats:
+            if len(scores) < task.policy.baseline_runs:
                 scores = _record(engine, task, content_hash, runs, time.perf_counter() - start, started_at)
     return scores
+
+
+def baseline_curves(engine: Engine, task: Task, content_hash: str) -> list[list[tuple[float, float]]]:
+    """The progress curves of the baseline's saved runs (policy.early_stop reads them), those that have one."""
+    folder = engine.storage.results.baseline_runs / task.name / content_hash
+    curves = []
+    for r in range(task.policy.baseline_runs):
+        try:
+            curve = json.loads((folder / f"{r}.json").read_text(encoding="utf-8")).get("curve") or []
+        except (OSError, ValueError, AttributeError):
+            continue
+        if curve:
+            curves.append([(float(p), float(v)) for p, v in curve])
+    return curves
 
 
 def recorded_scores(engine: Engine, task: Task, content_hash: str) -> list[float]:
@@ -45,7 +59,7 @@ def recorded_scores(engine: Engine, task: Task, content_hash: str) -> list[float
 
 def _runs(engine: Engine, task: Task, content_hash: str, source: Path, baseline: dict[str, Content],
           scratch: Path, extra_env: dict[str, str]) -> list[dict[str, Any]]:
-    """The baseline's `repeats` runs, shared out: each run has its own lock, and a worker first takes every run
+    """The baseline's runs (policy.baseline_runs of them), shared out: each run has its own lock, and a worker first takes every run
     nobody has started, then waits for the others' (running any whose worker gave up). So the xdist workers
     that need a new baseline score it side by side, R runs on R GPUs in the time of one, while a single process
     simply runs them in turn. Finished runs are kept beside results.jsonl (<results>.baseline-runs/, atomic
@@ -63,23 +77,23 @@ def _runs(engine: Engine, task: Task, content_hash: str, source: Path, baseline:
             copy_tree(source, sandbox, engine.storage_in_tree)
             present = engine.artifacts_in(task, sandbox)
             apply_contents(sandbox, {**{rel: None for rel in present if rel not in baseline}, **baseline})
-        name = "" if task.policy.repeats == 1 else f"-run{r + 1}"
+        name = "" if task.policy.baseline_runs == 1 else f"-run{r + 1}"
         log_path = engine.storage.baseline_log(task.name, f"baseline-{content_hash}{name}")
         seed = task.policy.runner_seed(0, r)
         env = engine.env(task, 0, None, seed, sandbox, extra_env)
         with open(log_path, "wb") as log:
-            outcome = score_once(task, sandbox, env, log, f"baseline run {r + 1}/{task.policy.repeats} (seed {seed})",
+            outcome = score_once(task, sandbox, env, log, f"baseline run {r + 1}/{task.policy.baseline_runs} (seed {seed})",
                                  storage_paths(engine.storage))
         if outcome.baseline_failure is not None:
             raise Crashed(f"baseline: {outcome.baseline_failure}", log=engine.shown(log_path))
         saved = {"score": outcome.score, "seconds": round(outcome.seconds, 3), "metrics": outcome.metrics,
-                 "log": engine.shown(log_path), "worker": engine.worker, "setup": setup}
+                 "log": engine.shown(log_path), "worker": engine.worker, "setup": setup, "curve": outcome.curve}
         write_atomic(folder / f"{r}.json", json.dumps(saved))
         return saved
 
     runs: dict[int, dict[str, Any]] = {}
     for wait in (False, True):
-        for r in range(task.policy.repeats):
+        for r in range(task.policy.baseline_runs):
             if r not in runs and (found := _finished_run(folder, r, setup)) is not None:
                 runs[r] = found
             if r in runs:
@@ -93,7 +107,7 @@ def _runs(engine: Engine, task: Task, content_hash: str, source: Path, baseline:
                 runs[r] = _finished_run(folder, r, setup) or run(r)  # it may have finished while we waited
             finally:
                 lock.release()
-    return [runs[r] for r in range(task.policy.repeats)]
+    return [runs[r] for r in range(task.policy.baseline_runs)]
 
 
 def _record(engine: Engine, task: Task, content_hash: str, runs: list[dict[str, Any]], wall_s: float,

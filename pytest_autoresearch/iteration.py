@@ -14,11 +14,12 @@ import shutil
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
+from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 
 from .attempt import Attempt
-from .baseline import baseline_scores
+from .baseline import baseline_curves, baseline_scores
 from .candidate import ChangeSet, Made, MutatorSource, Start, WorkspaceSource
 from .engine import Engine
 from .errors import Crashed, Ended, EngineError, Interrupted, StorageUnwritable, describe, naming
@@ -26,6 +27,7 @@ from .gpus import gpu_lease
 from .interrupts import interrupt_reason
 from .landing import Landing
 from .limits import enforce
+from .noise import Noise, task_noise
 from .results import Record, mean
 from .run import Runs, score_candidate
 from .sandbox import hash_contents
@@ -83,6 +85,7 @@ def _attempt(engine: Engine, task: Task, scratch: Path, description: str) -> tup
     change_set: ChangeSet | None = None
     candidate_hash: str | None = None
     runs: Runs | None = None
+    noise: Noise | None = None
     ending: Ended | None = None
     pending: BaseException | None = None
     gpu_wait_s = 0.0
@@ -109,7 +112,9 @@ def _attempt(engine: Engine, task: Task, scratch: Path, description: str) -> tup
                 if change_set.verdict.changes:
                     engine.storage.write_diff(log_path, start.baseline, change_set.candidate)
                 enforce(change_set.verdict)
-                runs = score_candidate(engine, task, iteration, scores, start.sandbox, log, extra_env)
+                noise = task_noise([*engine.storage.results.records(task.name), {"scores": scores}])
+                curves = baseline_curves(engine, task, start.baseline_hash) if task.policy.early_stop else []
+                runs = score_candidate(engine, task, iteration, scores, start.sandbox, log, extra_env, noise, curves)
     except Ended as e:
         ending = e
     except KeyboardInterrupt as e:
@@ -135,4 +140,5 @@ def _attempt(engine: Engine, task: Task, scratch: Path, description: str) -> tup
         before={c.path: start.baseline.get(c.path) for c in verdict.changes} if verdict and start else {},
         scores=runs.scores, metrics=dict(runs.metrics), mutator_s=made.mutator_s if made is not None else 0.0,
         runner_s=runs.runner_s, gpu_wait_s=gpu_wait_s, duration_s=round(time.perf_counter() - clock, 3),
+        noise=asdict(noise) if noise is not None else None, early_stop=runs.early_stop,
         workspace=task.workspace_mode, snapshot=change_set.snapshot if change_set is not None else None), pending

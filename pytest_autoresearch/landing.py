@@ -9,6 +9,7 @@ import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, replace
+from typing import Any
 
 from .attempt import Attempt
 from .baseline import recorded_scores
@@ -16,6 +17,7 @@ from .engine import Engine
 from .errors import EngineError, LandingFailed, describe
 from .files import remove_dead_temp_files
 from .interrupts import held_signals
+from .noise import Noise
 from .policies import Decision, Policy
 from .results import Record, mean
 from .sandbox import Content, hash_contents, read_content
@@ -34,7 +36,7 @@ class Landing:
         start = time.perf_counter()
         with held_signals():
             decision = None if attempt.status else settle(task.policy, attempt.baseline_scores, attempt.scores,
-                                                          task.direction)
+                                                          task.direction, attempt.noise, attempt.early_stop)
             if attempt.workspace:
                 record = self._in_workspace(task, attempt, decision)
             elif decision is not None and decision.verdict == "keep":
@@ -174,11 +176,19 @@ def rebase(engine: Engine, task: Task, scores: Sequence[float], decision: Decisi
                     again.statistic)
 
 
-def settle(policy: Policy, baseline_scores: Sequence[float], candidate_scores: Sequence[float],
-           direction: str) -> Decision:
-    """The decision on every run a candidate made: a policy that still asks for more after them is a discard (it
-    must settle within its runs; never keep on a maybe)."""
-    decision = policy.decide(baseline_scores, candidate_scores, direction)
+def settle(policy: Policy, baseline_scores: Sequence[float], candidate_scores: Sequence[float], direction: str,
+           noise: Mapping[str, float] | None = None, early_stop: Mapping[str, Any] | None = None) -> Decision:
+    """The decision on every run a candidate made, with the noise they were judged with: a policy that still asks
+    for more after them is a discard (it must settle within its runs; never keep on a maybe), and so is a
+    candidate whose run policy.early_stop stopped."""
+    if early_stop is not None:
+        e = early_stop
+        return Decision("discard", f"stopped early at {e['progress']:.0f}% of run {len(candidate_scores) + 1}: "
+                                   f"{e['value']:.4g} against the baseline runs' {e['baseline_mean']:.4g} "
+                                   f"(worse by {e['worse_by']:.3g}, band {e['band']:.3g})",
+                        {"test": "early_stop", "early_stop": dict(e), "max_runs": policy.max_runs})
+    pooled = Noise(noise["variance"], int(noise["df"]), int(noise["groups"])) if noise else None
+    decision = policy.decide(baseline_scores, candidate_scores, direction, pooled)
     if decision.verdict == "continue":
         return Decision("discard", f"undecided after {len(candidate_scores)} runs: {decision.reason}", decision.statistic)
     return decision

@@ -16,7 +16,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -27,6 +27,7 @@ DRAIN_GRACE_S = 1.0  # how long to keep reading once the reaper is gone (a pipe 
 HEAD_BYTES = 2 << 20  # of a huge output, the log (and the stdout the scorer reads) keep this much at the start
 TAIL_BYTES = 2 << 20  # ...and this much at the end
 REAPER = Path(__file__).with_name("reaper.py")
+WATCHED_LINE_BYTES = 65536  # of a stdout line longer than this, the watcher sees only the end
 
 
 @dataclass(frozen=True)
@@ -35,8 +36,11 @@ class ProcessResult:
     timed_out: bool
     seconds: float
     stdout: str  # stdout only (stderr goes to the log alone), so metrics never come from stderr; head and tail
+    stopped: bool = False  # ended by its watcher (policy.early_stop), not by itself or the timeout
 
     def failure(self, role: str, timeout: float) -> str | None:
+        if self.stopped:
+            return None  # stopped on purpose: the caller judges it by what the watcher saw
         if self.timed_out:
             return f"{role} timed out after {timeout:g}s"
         if self.returncode != 0:
@@ -115,10 +119,11 @@ class _Log:
 
 
 def run_logged(command: str, cwd: Path, env: Mapping[str, str], timeout: float, log: BinaryIO,
-               wrapper: Sequence[str] = ()) -> ProcessResult:
+               wrapper: Sequence[str] = (), watch: Callable[[str], bool] | None = None) -> ProcessResult:
     """Run `command` through /bin/sh in cwd (after `wrapper`, e.g. a sandbox's argv, when given); stdout and
-    stderr are both appended to log as they come. Returns within timeout + KILL_GRACE_S + DRAIN_GRACE_S
-    whatever the command started."""
+    stderr are both appended to log as they come. `watch`, if given, sees each stdout line as it comes; when it
+    returns True the run is stopped like a timed-out one (its whole tree killed) and the result says stopped.
+    Returns within timeout + KILL_GRACE_S + DRAIN_GRACE_S whatever the command started."""
     start = time.monotonic()
     lifeline_read, lifeline = os.pipe()
     status_read, status_write = os.pipe()
@@ -140,7 +145,8 @@ def run_logged(command: str, cwd: Path, env: Mapping[str, str], timeout: float, 
     for fd in (out, err, status_read):
         waiting.register(fd, selectors.EVENT_READ)
     deadline, timed_out, give_up = start + timeout, False, float("inf")
-    reaper_gone = False
+    reaper_gone = stopped = False
+    partial = b""  # the stdout line still being written, for the watcher
     try:
         while waiting.get_map():
             now = time.monotonic()
@@ -151,7 +157,7 @@ def run_logged(command: str, cwd: Path, env: Mapping[str, str], timeout: float, 
                 os.close(lifeline)  # end of the lifeline: the reaper kills the whole tree
                 lifeline = -1
                 give_up = now + KILL_GRACE_S
-            until = give_up if timed_out or reaper_gone else deadline
+            until = give_up if timed_out or reaper_gone or stopped else deadline
             for key, _ in waiting.select(max(until - now, 0.0)):
                 chunk = os.read(key.fd, READ_CHUNK)
                 if not chunk:
@@ -165,6 +171,15 @@ def run_logged(command: str, cwd: Path, env: Mapping[str, str], timeout: float, 
                     logged.add(chunk)
                     if key.fd == out:
                         stdout.add(chunk)
+                        if watch is not None and not stopped:
+                            *lines, partial = (partial + chunk).split(b"\n")
+                            partial = partial[-WATCHED_LINE_BYTES:]
+                            if any(watch(line.decode("utf-8", errors="replace")) for line in lines):
+                                stopped = True
+                                if lifeline >= 0:
+                                    os.close(lifeline)  # as at the timeout: the reaper kills the whole tree
+                                    lifeline = -1
+                                give_up = time.monotonic() + KILL_GRACE_S
     finally:  # on timeout, Ctrl-C or normal exit alike: nothing of the tree survives
         waiting.close()
         if lifeline >= 0:
@@ -175,9 +190,11 @@ def run_logged(command: str, cwd: Path, env: Mapping[str, str], timeout: float, 
             stream.close()
         os.close(status_read)
     seconds = time.monotonic() - start
-    logged.finish(f"\n[autoresearch] killed after {timeout:g}s timeout\n".encode() if timed_out else b"")
+    note = (b"\n[autoresearch] stopped early (policy.early_stop)\n" if stopped else
+            f"\n[autoresearch] killed after {timeout:g}s timeout\n".encode() if timed_out else b"")
+    logged.finish(note)
     return ProcessResult(None if timed_out else _returncode(bytes(status), proc.returncode), timed_out, seconds,
-                         stdout.text())
+                         stdout.text(), stopped)
 
 
 def _stop_reaper(proc: subprocess.Popen[bytes], until: float) -> None:

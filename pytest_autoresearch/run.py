@@ -3,14 +3,16 @@ a candidate is run until its policy settles."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
+from .early_stop import Curve, Watcher
 from .engine import Engine
 from .errors import Crashed, Rejected
 from .isolation import command_wrapper, storage_paths
+from .noise import Noise
 from .process import run_logged
 from .results import mean
 from .scorers import NoScore, NotFinite, extract_metrics
@@ -24,6 +26,8 @@ class RunOutcome:
     failure: str | None = None
     metrics: dict[str, float] = field(default_factory=dict)
     not_finite: str | None = None  # why the score is no finite number: the policy discards such a candidate
+    stopped: dict[str, Any] | None = None  # policy.early_stop's evidence, when it stopped this run
+    curve: tuple[tuple[float, float], ...] = ()  # the run's progress points, when the policy has an early_stop
 
     @property
     def baseline_failure(self) -> str | None:
@@ -33,20 +37,36 @@ class RunOutcome:
 
 @dataclass(frozen=True)
 class Runs:
-    """What a candidate's runs measured: every score in run order, the last run's metrics, runner seconds."""
+    """What a candidate's runs measured: every score in run order, the last run's metrics, runner seconds, and
+    the evidence of policy.early_stop when it stopped the last run."""
     scores: tuple[float, ...] = ()
     metrics: dict[str, float] = field(default_factory=dict)
     runner_s: float = 0.0
+    early_stop: dict[str, Any] | None = None
 
 
 def score_once(task: Task, sandbox: Path, env: Mapping[str, str], log: BinaryIO, header: str,
-               hidden: Iterable[Path] = ()) -> RunOutcome:
-    """One run of the runner in sandbox; under runner.isolation, `hidden` (the engine's storage) is out of its sight."""
+               hidden: Iterable[Path] = (), watcher: Watcher | None = None) -> RunOutcome:
+    """One run of the runner in sandbox; under runner.isolation, `hidden` (the engine's storage) is out of its
+    sight. A watcher (policy.early_stop against the baseline's curves) may stop the run half-way."""
     gpu = f" on CUDA_VISIBLE_DEVICES={env['CUDA_VISIBLE_DEVICES']}" if "CUDA_VISIBLE_DEVICES" in env else ""
     log.write(f"[autoresearch] {header}{gpu}: {task.runner_command}\n".encode())
     log.flush()
+    evidence: dict[str, Any] = {}
+
+    def watch(line: str) -> bool:
+        found = watcher.feed(line)
+        evidence.update(found or {})
+        return found is not None
+
     result = run_logged(task.runner_command, sandbox, env, task.runner_timeout, log,
-                        command_wrapper(task.runner_isolation, task.rootdir, sandbox, hidden))
+                        command_wrapper(task.runner_isolation, task.rootdir, sandbox, hidden),
+                        watch if watcher is not None else None)
+    rule = task.policy.early_stop
+    curve = tuple(p for line in result.stdout.splitlines() if (p := rule.point(line))) if rule else ()
+    if result.stopped:
+        return RunOutcome(None, result.seconds, metrics=extract_metrics(result.stdout), curve=curve,
+                          stopped={**evidence, "run_seconds": round(result.seconds, 3)})
     if (failure := result.failure("runner", task.runner_timeout)) is not None:
         return RunOutcome(None, result.seconds, failure)
     try:
@@ -55,27 +75,32 @@ def score_once(task: Task, sandbox: Path, env: Mapping[str, str], log: BinaryIO,
         return RunOutcome(e.value, result.seconds, None, extract_metrics(result.stdout), str(e))
     except NoScore as e:
         return RunOutcome(None, result.seconds, str(e), extract_metrics(result.stdout))
-    return RunOutcome(scored.score, result.seconds, None, scored.metrics)
+    return RunOutcome(scored.score, result.seconds, None, scored.metrics, curve=curve)
 
 
 def score_candidate(engine: Engine, task: Task, iteration: int, baseline_scores: list[float], sandbox: Path,
-                    log: BinaryIO, extra_env: dict[str, str]) -> Runs:
-    """Run the candidate until its policy stops asking for more (at most policy.repeats runs). Raises Crashed on
-    a failed run and Rejected on a run that breaks a scorer constraint (a candidate over a bound is no candidate:
-    the policy never sees it), each carrying the runs so far."""
-    runs, repeats = Runs(), task.policy.repeats
+                    log: BinaryIO, extra_env: dict[str, str], noise: Noise | None = None,
+                    curves: Sequence[Curve] = ()) -> Runs:
+    """Run the candidate until its policy stops asking for more (at most policy.max_runs runs), judging with the
+    history's noise; under policy.early_stop each run is watched against the baseline's curves and a stopped run
+    ends the candidate. Raises Crashed on a failed run and Rejected on a run that breaks a scorer constraint (a
+    candidate over a bound is no candidate: the policy never sees it), each carrying the runs so far."""
+    runs, most = Runs(), task.policy.max_runs
     baseline_score = mean(baseline_scores)
-    for r in range(repeats):
+    rule = task.policy.early_stop
+    for r in range(most):
         seed = task.policy.runner_seed(iteration, r)
         env = engine.env(task, iteration, baseline_score, seed, sandbox, extra_env)
-        outcome = score_once(task, sandbox, env, log, f"runner run {r + 1}/{repeats} (seed {seed})",
-                             storage_paths(engine.storage))
+        outcome = score_once(task, sandbox, env, log, f"runner run {r + 1}/{most} (seed {seed})",
+                             storage_paths(engine.storage), rule.watcher(curves) if rule else None)
         runner_s = round(runs.runner_s + outcome.seconds, 3)
+        if outcome.stopped is not None:
+            return Runs(runs.scores, outcome.metrics, runner_s, early_stop=outcome.stopped)
         if outcome.failure is not None:
             raise Crashed(outcome.failure, runs=Runs(runs.scores, runs.metrics, runner_s))
         if (broken := next(filter(None, (c.broken_by(outcome.metrics) for c in task.constraints)), None)):
             raise Rejected(broken, runs=Runs(runs.scores, outcome.metrics, runner_s))
         runs = Runs(runs.scores + (outcome.score,), outcome.metrics, runner_s)
-        if task.policy.decide(baseline_scores, runs.scores, task.direction).verdict != "continue":
+        if task.policy.decide(baseline_scores, runs.scores, task.direction, noise).verdict != "continue":
             break
     return runs

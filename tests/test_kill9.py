@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.acceptance  # minutes: CI runs it in a step of its own (-m acceptance)
+
 KILLS = 100
 SEED = 20261201
 

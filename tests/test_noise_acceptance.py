@@ -19,6 +19,8 @@ import pytest
 
 from autoresearch_helpers import PY, REPO_ROOT, plugin_args, records
 
+pytestmark = pytest.mark.acceptance  # minutes: CI runs it in a step of its own (-m acceptance)
+
 pytest_plugins = ["pytester"]
 
 ITERATIONS = 100
@@ -32,7 +34,7 @@ text = open("{model}", "rb").read()
 level = int(text.split(b"level = ")[1].split()[0])
 key = "%s:%s:%s:%s" % ({salt}, os.environ["AUTORESEARCH_SEED"], os.environ["AUTORESEARCH_ITERATION"],
                        hashlib.sha256(text).hexdigest())
-print("score: %.6f" % (3.0 * level + random.Random(key).gauss(0.0, 1.0)))
+print("score: %.6f" % ({gain} * level + random.Random(key).gauss(0.0, 1.0)))
 '''
 MUTATE_NOOP = '''import os
 path = "{model}"
@@ -46,14 +48,14 @@ open(path, "w").write(text.replace("level = %d" % level, "level = %d" % (level +
 '''
 
 
-def write_synthetic_task(root, name: str, mutate: str, policy: dict) -> None:
+def write_synthetic_task(root, name: str, mutate: str, policy: dict, gain: float = 3.0) -> None:
     import yaml
 
     folder = root / "experiments" / name
     folder.mkdir(parents=True)
     model = MODEL.format(name=name)
     (root / model).write_text("level = 0\n")
-    (folder / "run.py").write_text(RUNNER.format(model=model, salt=NOISE_SALT))
+    (folder / "run.py").write_text(RUNNER.format(model=model, salt=NOISE_SALT, gain=gain))
     (folder / "mutate.py").write_text(mutate.format(model=model))
     spec = {"artifacts": [model],
             "mutator": {"command": f"{PY} -S -I experiments/{name}/mutate.py", "timeout": 30},
@@ -63,22 +65,24 @@ def write_synthetic_task(root, name: str, mutate: str, policy: dict) -> None:
     (folder / "task.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
 
 
-def research(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, mutate: str, policy: dict) -> list[dict]:
-    """Run ITERATIONS iterations in one inner session; every record, the baselines' included."""
+def research(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, mutate: str, policy: dict,
+             gain: float = 3.0, iterations: int = ITERATIONS) -> list[dict]:
+    """Run `iterations` iterations in one inner session; every record, the baselines' included."""
     monkeypatch.setenv("PYTHONPATH", str(REPO_ROOT))
     pytester.makeini("[pytest]\n")
-    write_synthetic_task(pytester.path, "syn", mutate, policy)
+    write_synthetic_task(pytester.path, "syn", mutate, policy, gain)
     start = time.perf_counter()
     result = pytester.runpytest_inprocess(*plugin_args(), "--autoresearch", "-p", "no:cacheprovider", "-q",
-                                          "--autoresearch-iterations", str(ITERATIONS))
+                                          "--autoresearch-iterations", str(iterations))
     seconds = time.perf_counter() - start
     assert result.ret == 0, result.stdout.str()[-3000:]
     judged = [r for r in records(pytester.path) if r["status"] != "baseline"]
-    assert len(judged) == ITERATIONS and {r["status"] for r in judged} <= {"keep", "discard"}
+    assert len(judged) == iterations and {r["status"] for r in judged} <= {"keep", "discard"}
     kept = sum(r["status"] == "keep" for r in judged)
     runs = sum(len(r["scores"]) for r in records(pytester.path))
-    print(f"\n{policy['kind']} {mutate is MUTATE_NOOP and 'no-op' or '3-sigma'}: kept {kept}/{ITERATIONS}, "
-          f"{runs} runner runs, {seconds:.1f}s")
+    kind = "no-op" if mutate is MUTATE_NOOP else f"{gain:g}-sigma"
+    print(f"\n{policy['kind']} {policy.get('repeats', '')} {kind}: kept {kept}/{iterations}, {runs} runner runs, "
+          f"{seconds:.1f}s")
     return records(pytester.path)
 
 
@@ -87,7 +91,23 @@ def keep_rate(recs: list[dict]) -> float:
     return sum(r["status"] == "keep" for r in judged) / len(judged)
 
 
-NOISE_AWARE = {"kind": "noise-aware", "repeats": REPEATS, "confidence": 0.95}
+# the per-decision test (Welch on the two samples alone, one look): what noise-aware did before issue 12
+NOISE_AWARE = {"kind": "noise-aware", "repeats": REPEATS, "confidence": 0.95, "max_repeats": REPEATS,
+               "pool_noise": False}
+# issue 12's acceptance: repeats 3 (train-bpb-search's setting), with the history's pooled noise and a second look
+AT_3 = {"kind": "noise-aware", "repeats": 3, "confidence": 0.95}
+
+
+def test_at_repeats_3_noop_candidates_are_rarely_kept(pytester, monkeypatch):
+    assert keep_rate(research(pytester, monkeypatch, MUTATE_NOOP, AT_3, iterations=60)) <= 0.05
+
+
+@pytest.mark.parametrize("gain, at_least", [(3.0, 0.95), (2.0, 0.70)])
+def test_at_repeats_3_real_gains_are_kept(pytester, monkeypatch, gain, at_least):
+    recs = research(pytester, monkeypatch, MUTATE_IMPROVE, AT_3, gain=gain, iterations=40)
+    assert keep_rate(recs) >= at_least
+    pooled = [r["statistic"] for r in recs if r["status"] != "baseline" and r["statistic"]["test"] == "pooled_history_t"]
+    assert len(pooled) >= 35  # all but the first few decisions rest on the history's noise
 
 
 def test_noise_aware_rarely_keeps_noop_candidates(pytester, monkeypatch):

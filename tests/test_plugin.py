@@ -176,7 +176,9 @@ def test_noise_aware_policy_scores_baseline_repeats_times_with_seeds(pytester, r
     score = ('import os\nseed = int(os.environ["AUTORESEARCH_SEED"])\nprint("seed:", seed)\n'
              'print("score:", 10 + seed % 2 + (open("experiments/t/value.txt").read() != "1\\n") * 5)\n')
     write_task(pytester.path, score=score, step=0, mutate=MUTATE_FIVE,
-               spec={"policy": {"kind": "noise-aware", "repeats": 3, "confidence": 0.9}})
+               # one look, each decision's own samples: the seeds below are those of 3 runs a side
+               spec={"policy": {"kind": "noise-aware", "repeats": 3, "confidence": 0.9, "max_repeats": 3,
+                                "pool_noise": False}})
     research("--autoresearch-iterations", "2")
     baseline, keep, rescored, second = records(pytester.path)
     assert baseline["scores"] == [10.0, 11.0, 10.0]  # baseline runs: seeds 42, 43, 44
@@ -515,8 +517,8 @@ def test_xdist_workers_share_out_the_runs_of_a_new_baseline(pytester, monkeypatc
     monkeypatch.setenv("PYTHONPATH", str(REPO_ROOT))
     monkeypatch.setenv("RENDEZVOUS", str(rendezvous))
     pytester.makeini("[pytest]\n")
-    write_task(pytester.path, score=RENDEZVOUS_SCORE,
-               spec={"policy": {"kind": "noise-aware", "repeats": 3, "confidence": 0.95}})
+    write_task(pytester.path, score=RENDEZVOUS_SCORE,  # 3 baseline runs, one for each worker
+               spec={"policy": {"kind": "noise-aware", "repeats": 3, "confidence": 0.95, "max_repeats": 3}})
     result = pytester.runpytest_subprocess(*plugin_args(), "--autoresearch", "-p", "no:cacheprovider", "-n", "3",
                                            "--autoresearch-iterations", "3", timeout=240)
     assert result.ret == 0, result.stdout.str()
@@ -550,7 +552,7 @@ def test_baseline_runs_that_finished_are_not_run_again_under_the_same_setup(pyte
     monkeypatch.setenv("TALLY", str(tally))
     monkeypatch.setenv("FLAG", str(flag))
     write_task(pytester.path, score=TALLY_SCORE, spec={"protected": ["prepare.py"],
-               "policy": {"kind": "noise-aware", "repeats": 3, "confidence": 0.95}})
+               "policy": {"kind": "noise-aware", "repeats": 3, "confidence": 0.95, "max_repeats": 3}})
     (pytester.path / "prepare.py").write_text("TIME_BUDGET = 300\n")
     research()
     assert [r["status"] for r in records(pytester.path)] == ["crash"]
@@ -566,7 +568,8 @@ def test_baseline_runs_that_finished_are_not_run_again_under_the_same_setup(pyte
 
 
 def test_a_fresh_results_file_scores_the_baseline_afresh(pytester, research, tmp_path):
-    write_task(pytester.path, step=0, spec={"policy": {"kind": "noise-aware", "repeats": 2, "confidence": 0.95}})
+    write_task(pytester.path, step=0, spec={"policy": {"kind": "noise-aware", "repeats": 2, "confidence": 0.95,
+                                                       "max_repeats": 2}})  # baselines of 2 runs
     research()
     (pytester.path / "experiments/t/score.py").write_text('print("score: 10")\n')  # a new runner, same command
     research("--autoresearch-results", str(tmp_path / "fresh.jsonl"))

@@ -96,7 +96,7 @@ def test_the_schema_is_what_loading_accepts():
     assert keys[""] == ("name", "description", "artifacts", "protected", "mutation", "mutator", "runner",
                         "scorer", "policy")
     assert set(keys["scorer"]) == {"kind", "metric", "pattern", "direction", "file", "constraints"}
-    assert set(keys["policy"]) == {"kind", "min_delta", "repeats", "confidence", "max_repeats", "pool_noise"}
+    assert set(keys["policy"]) == {"kind", "min_delta", "repeats", "confidence", "max_repeats", "pool_noise", "early_stop"}
     assert set(keys["mutator"]) == {"command", "timeout", "prompt", "isolation", "network"}
     assert set(keys["runner"]) == {"command", "timeout", "gpus", "isolation", "network"}
 

@@ -145,3 +145,12 @@ def test_the_report_shows_the_pooled_noise_and_the_runs_saved():
     assert sd == pytest.approx(math.sqrt((0.08 + 0.02 + 0.08) / (3 + 1 + 2))) and basis.endswith("df 6")
     assert report.savings(records) == ("7 of 12 candidate runs (settled before the most the policy allows); "
                                        "1 runs stopped early, ~1m 15s of runner time")
+
+
+def test_no_candidate_run_replays_a_baseline_seed_or_another_candidates():
+    policy = make_policy({"kind": "noise-aware", "repeats": 3})  # baselines take max_runs = 6 runs
+    baseline = {policy.runner_seed(0, r) for r in range(policy.baseline_runs)}
+    candidates = [{policy.runner_seed(i, r) for r in range(policy.max_runs)} for i in range(1, 6)]
+    assert baseline == set(range(42, 48))
+    assert all(seeds.isdisjoint(baseline) for seeds in candidates)
+    assert all(a.isdisjoint(b) for k, a in enumerate(candidates) for b in candidates[k + 1:])
