@@ -5,6 +5,7 @@ H200 curves of tests/data/curves/ (three seeds of the default train.py, 100 s)."
 from __future__ import annotations
 
 import math
+import os
 import random
 from pathlib import Path
 
@@ -104,3 +105,58 @@ def test_too_few_baseline_curves_judge_nothing():
 def test_bad_early_stop_values_name_their_key(spec, message):
     with pytest.raises(ValueError, match="^" + message.replace("(", r"\(").replace(")", r"\)").replace(".", r"\.")):
         build(spec)
+
+
+# ----------------------------------------------------------------------------
+# Through the process layer and the real engine
+
+
+def test_a_watcher_stops_the_run_and_its_tree_at_the_line_it_names(tmp_path):
+    from pytest_autoresearch.process import run_logged
+    log_path = tmp_path / "run.log"
+    with open(log_path, "wb") as log:
+        result = run_logged("for i in $(seq 1 200); do echo line $i; sleep 0.05; done", tmp_path, dict(os.environ),
+                            30, log, watch=lambda line: line == "line 5")
+    assert result.stopped and result.failure("runner", 30) is None
+    assert result.seconds < 5  # not the 10 s the loop would take
+    assert "line 5" in result.stdout and "line 50" not in result.stdout
+    assert log_path.read_text().rstrip().endswith("[autoresearch] stopped early (policy.early_stop)")
+
+
+# a training-like runner: loss falls with progress; value.txt's number is added (higher = worse), the score is -loss
+CURVE_RUNNER = '''import math, os, random, time
+worse = float(open(os.environ["VALUE_FILE"]).read())
+rng = random.Random(int(os.environ["AUTORESEARCH_SEED"]))
+for i in range(1, 41):
+    p = 2.5 * i
+    print("step %05d (%.1f%%) | loss %.6f" % (i, p, 1.0 + 5 * math.exp(-p / 10) + worse + rng.gauss(0, 0.01)), flush=True)
+    time.sleep(0.02)
+print("score:", -(1.0 + worse + rng.gauss(0, 0.01)))
+'''
+
+
+@pytest.mark.parametrize("candidate, stopped", [("0.5", True), ("-0.2", False)])
+def test_the_engine_stops_a_candidate_whose_curve_falls_behind_and_records_why(pytester, research, candidate,
+                                                                               stopped):
+    from autoresearch_helpers import records, write_task
+    write_task(pytester.path, score=CURVE_RUNNER, value="0\n", mutate=f'''import pathlib
+pathlib.Path("experiments/t/value.txt").write_text("{candidate}\\n")
+''', spec={"policy": {"kind": "noise-aware", "repeats": 2, "max_repeats": 2,
+                      "early_stop": {**TRAIN_PY, "min_progress": 20}}})
+    result = research("--autoresearch-iterations", "1")
+    assert result.ret in (0, 1), result.stdout.str()
+    baseline, judged = records(pytester.path)
+    assert baseline["status"] == "baseline" and len(baseline["scores"]) == 2
+    if stopped:
+        assert judged["status"] == "discard" and judged["reason"].startswith("stopped early at")
+        evidence = judged["statistic"]["early_stop"]
+        assert 20 <= evidence["progress"] < 50 and evidence["worse_by"] > evidence["band"]
+        assert judged["scores"] == [] and judged["runner_s"] < sum(baseline_runner_s(pytester)) / 2
+    else:
+        assert judged["statistic"]["test"] != "early_stop", judged["reason"]
+        assert judged["status"] == "keep" and len(judged["scores"]) == 2, judged["reason"]
+
+
+def baseline_runner_s(pytester):
+    from autoresearch_helpers import records
+    return [r["runner_s"] for r in records(pytester.path) if r["status"] == "baseline"]
