@@ -28,7 +28,7 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # task names become folde
 TOP_KEYS = ("name", "description", "artifacts", "protected", "mutation", "mutator", "runner", "scorer", "policy")
 REQUIRED_TOP_KEYS = ("artifacts", "mutator", "runner", "scorer")
 MUTATION_KEYS = ("max_files", "max_lines")
-MUTATOR_KEYS = ("command", "timeout", "prompt", "isolation", "network")
+MUTATOR_KEYS = ("command", "timeout", "prompt", "isolation", "network", "hparams")
 RUNNER_KEYS = ("command", "timeout", "gpus", "isolation", "network")
 DEFAULT_MUTATOR_TIMEOUT = 300.0
 DEFAULT_RUNNER_TIMEOUT = 600.0
@@ -182,6 +182,13 @@ def load_task(path: Path, rootdir: Path) -> Task:
         if "prompt" in mutator:
             prompt = _prompt(mutator["prompt"], rootdir, fail)
         mutator_isolation = _isolation(mutator, "mutator", fail)
+        if "hparams" in mutator:  # the hparams mutator's rules: checked here, so a typo fails at load time
+            from .mutators.hparams import rules
+            try:
+                rules(mutator["hparams"])
+            except ValueError as e:
+                key, _, message = str(e).partition(": ")
+                raise fail(key, message) from None
 
     runner = _mapping(data["runner"], "runner", RUNNER_KEYS, fail)
     runner_command = _command(runner, "runner", fail)

@@ -7,15 +7,17 @@ lines, and writes the description "NAME old → new[, NAME2 old → new]" to AUT
 (`parse_description` reads it back). results.jsonl says which changes were tried (never repeated, nor a kept
 change undone) and which directions helped (tried again more often). Same AUTORESEARCH_SEED,
 AUTORESEARCH_ITERATION and results -> same edit. Pairs of changes only where AUTORESEARCH_MAX_LINES >= 4 (each
-changed constant is 2 diff lines), never two *BATCH* constants at once. train.py needs TOTAL_BATCH_SIZE to be
-a multiple of DEVICE_BATCH_SIZE * MAX_SEQ_LEN: a move that would break that is never proposed (MAX_SEQ_LEN:
-the artifact's own, else prepare.py's beside it, else 2048). AUTORESEARCH_HPARAMS / AUTORESEARCH_HPARAMS_SKIP
+changed constant is 2 diff lines), never two *BATCH* (or batch-triple) constants at once. What it knows of the artifact comes
+from its task (`mutator.hparams` in AUTORESEARCH_TASK_FILE; train.py's rules where the task says nothing):
+`choices` of str constants, and a `batch` triple: train.py needs TOTAL_BATCH_SIZE to be a multiple of
+DEVICE_BATCH_SIZE * MAX_SEQ_LEN, and a move that would break that is never proposed (MAX_SEQ_LEN: the
+artifact's own, else prepare.py's beside it, else `seq_len`, 2048). AUTORESEARCH_HPARAMS / AUTORESEARCH_HPARAMS_SKIP
 (comma lists) restrict the names; by hand: --file, --seed, --results, --names, --skip. Exit 0, also when
 nothing is left to try (then the file is unchanged); exit 2 with one line on stderr for bad input.
 
 Step rules, first match wins:
   bool                                  toggled
-  str                                   known choices only (WINDOW_PATTERN: L, SL, SSL, SSSL, SSSSL)
+  str                                   the task's choices only (train.py: WINDOW_PATTERN L, SL, SSL, SSSL, SSSSL)
   int written `2**k`, or named *BATCH*  x2 / ÷2 (a power of two stays one; `2**k` stays `2**k`)
   int named *DIM* and a power of two    x2 / ÷2
   int named *DEPTH*/*HEAD(S)*/*LAYER(S)*  ±1, never below 1 (left alone when below 1)
@@ -35,9 +37,11 @@ import random
 import re
 import sys
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass
 from itertools import combinations
 from pathlib import Path
+from typing import Any
 
 from ..files import write_atomic
 from ..results import read_records
@@ -46,7 +50,6 @@ from ..task import glob_regex
 from .constants import (POW2_TEXT_RE, Constant, Value, apply_moves, eval_text, find_constants, first_positive_int,
                         is_number, is_pow2, name_words, render)
 
-CHOICES = {"WINDOW_PATTERN": ("L", "SL", "SSL", "SSSL", "SSSSL")}
 COUNT_WORDS = frozenset({"DEPTH", "HEAD", "HEADS", "LAYER", "LAYERS"})
 RATIO_WORDS = frozenset({"RATIO", "FRAC", "BETA", "DROPOUT", "MOMENTUM", "PROB"})
 FACTORS = (1.25, 1.5)
@@ -54,16 +57,74 @@ ZERO_STEPS = (0.05, 0.1)  # a multiplicative step cannot leave 0.0 (e.g. WARMUP_
 # How one outcome scales the weight of trying the same (name, direction) again.
 OUTCOME_WEIGHT = {"keep": 2.0, "discard": 0.7, "rejected": 0.7, "crash": 0.4}
 PAIR_PROBABILITY = 0.25
-# train.py: TOTAL_BATCH_SIZE (tokens) must be a multiple of DEVICE_BATCH_SIZE (sequences) * MAX_SEQ_LEN.
-TOTAL_BATCH, DEVICE_BATCH = "TOTAL_BATCH_SIZE", "DEVICE_BATCH_SIZE"
-DEFAULT_SEQ_LEN = 2048  # prepare.py's MAX_SEQ_LEN, used when neither the artifact nor prepare.py says
 ARROW = " → "
+RULE_KEYS = ("choices", "batch", "seq_len")
+BATCH_KEYS = ("total", "device", "seq_len")
 
 Change = tuple[str, object, object]  # (name, old value, new value)
 
 
 class MutatorError(Exception):
     """Bad input (env, artifact, file): reported as one line, exit status 2."""
+
+
+@dataclass(frozen=True)
+class Rules:
+    """What the mutator knows of its artifact beyond the text: task.yaml's `mutator.hparams`, else train.py's."""
+    choices: Mapping[str, tuple[str, ...]]  # the values a str constant may take, in order
+    batch: tuple[str, str, str]  # (total, device, seq_len): total must stay a multiple of device * seq_len
+    seq_len: int  # the seq_len constant's value when neither the artifact nor prepare.py beside it sets one
+
+
+# train.py: TOTAL_BATCH_SIZE (tokens) must be a multiple of DEVICE_BATCH_SIZE (sequences) * MAX_SEQ_LEN, and
+# 2048 is prepare.py's MAX_SEQ_LEN
+TRAIN_PY = Rules(choices={"WINDOW_PATTERN": ("L", "SL", "SSL", "SSSL", "SSSSL")},
+                 batch=("TOTAL_BATCH_SIZE", "DEVICE_BATCH_SIZE", "MAX_SEQ_LEN"), seq_len=2048)
+
+
+def rules(spec: Any) -> Rules:
+    """Rules from task.yaml's mutator.hparams mapping (None: train.py's); a key left out keeps train.py's.
+    ValueError "mutator.hparams.<key>: message" on a bad value."""
+    if spec is None:
+        return TRAIN_PY
+    if not isinstance(spec, Mapping):
+        raise ValueError(f"mutator.hparams: must be a mapping with {', '.join(RULE_KEYS)}, got {type(spec).__name__}")
+    for key in spec:
+        if key not in RULE_KEYS:
+            raise ValueError(f"mutator.hparams.{key}: unknown key (expected one of: {', '.join(RULE_KEYS)})")
+    choices = spec.get("choices", TRAIN_PY.choices)
+    if not isinstance(choices, Mapping):
+        raise ValueError("mutator.hparams.choices: must map constant names to lists of values")
+    for name, values in choices.items():
+        if not isinstance(name, str) or not re.fullmatch(r"[A-Z][A-Z0-9_]*", name):
+            raise ValueError(f"mutator.hparams.choices.{name}: must be an UPPER_CASE constant name")
+        if not isinstance(values, (list, tuple)) or not values or not all(isinstance(v, str) for v in values):
+            raise ValueError(f"mutator.hparams.choices.{name}: must be a non-empty list of strings, got {values!r}")
+    batch = spec.get("batch", dict(zip(BATCH_KEYS, TRAIN_PY.batch)))
+    if not isinstance(batch, Mapping) or set(batch) != set(BATCH_KEYS) or not all(
+            isinstance(batch[k], str) and re.fullmatch(r"[A-Z][A-Z0-9_]*", batch[k]) for k in BATCH_KEYS):
+        raise ValueError(f"mutator.hparams.batch: needs total, device and seq_len, each an UPPER_CASE constant "
+                         f"name, got {batch!r}")
+    seq_len = spec.get("seq_len", TRAIN_PY.seq_len)
+    if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 1:
+        raise ValueError(f"mutator.hparams.seq_len: must be an integer >= 1, got {seq_len!r}")
+    return Rules({name: tuple(values) for name, values in choices.items()},
+                 (batch["total"], batch["device"], batch["seq_len"]), seq_len)
+
+
+def task_rules(task_file: str | None) -> Rules:
+    """The rules of the task the engine runs this mutator for (AUTORESEARCH_TASK_FILE), train.py's without one
+    (also when that file is not in the mutator's copy of the repository)."""
+    if not task_file or not os.path.exists(task_file):
+        return TRAIN_PY
+    import yaml  # only here: by hand, without a task, the mutator needs no YAML
+    try:
+        with open(task_file, encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+        mutator = data.get("mutator") if isinstance(data, dict) else None
+        return rules(mutator.get("hparams") if isinstance(mutator, dict) else None)
+    except (OSError, yaml.YAMLError, ValueError) as e:
+        raise MutatorError(f"{task_file}: {e}") from None
 
 
 @dataclass(frozen=True)
@@ -82,23 +143,23 @@ class Move:
 # Step rules
 # ---------------------------------------------------------------------------
 
-def direction(name: str, old: object, new: object) -> str:
+def direction(name: str, old: object, new: object, rules: Rules = TRAIN_PY) -> str:
     if isinstance(old, bool) or isinstance(new, bool):
         return "toggle"
     if isinstance(old, str) or isinstance(new, str):
-        choices = CHOICES.get(name, ())
+        choices = rules.choices.get(name, ())
         if old in choices and new in choices:
             return "up" if choices.index(new) > choices.index(old) else "down"
         return "set"
     return "up" if new > old else "down"
 
 
-def _new_values(const: Constant) -> list:
+def _new_values(const: Constant, rules: Rules) -> list:
     v, words = const.value, name_words(const.name)
     if isinstance(v, bool):
         return [not v]
     if isinstance(v, str):
-        choices = CHOICES.get(const.name, ())
+        choices = rules.choices.get(const.name, ())
         return list(choices) if v in choices else []
     if isinstance(v, int):
         if POW2_TEXT_RE.fullmatch(const.text) or "BATCH" in words or ("DIM" in words and is_pow2(v)):
@@ -116,12 +177,12 @@ def _new_values(const: Constant) -> list:
     return [x for x in news if math.isfinite(x)]
 
 
-def candidate_moves(const: Constant) -> list[Move]:
+def candidate_moves(const: Constant, rules: Rules = TRAIN_PY) -> list[Move]:
     moves, seen = [], {const.value}
-    for new in _new_values(const):
+    for new in _new_values(const, rules):
         if new not in seen:
             seen.add(new)
-            moves.append(Move(const, new, render(const, new), direction(const.name, const.value, new)))
+            moves.append(Move(const, new, render(const, new), direction(const.name, const.value, new, rules)))
     return moves
 
 
@@ -163,29 +224,36 @@ def load_history(results: Path | None, task: str | None) -> list[tuple[str, list
     return history
 
 
-def _batch_divides(values: dict[str, object], seq_len: int) -> bool:
-    total, device = values.get(TOTAL_BATCH), values.get(DEVICE_BATCH)
+def _batch_divides(values: dict[str, object], seq_len: int, rules: Rules) -> bool:
+    total, device = values.get(rules.batch[0]), values.get(rules.batch[1])
     if not (is_number(total) and is_number(device)) or device * seq_len == 0:
-        return True  # not train.py's pair of batch constants: nothing to keep
+        return True  # not the artifact's pair of batch constants: nothing to keep
     return total % (device * seq_len) == 0
 
 
-def batch_safe(constants: list[Constant], moves: tuple[Move, ...], seq_len: int = DEFAULT_SEQ_LEN) -> bool:
+def batch_safe(constants: list[Constant], moves: tuple[Move, ...], seq_len: int | None = None,
+               rules: Rules = TRAIN_PY) -> bool:
     """False for two *BATCH* moves at once (one alone is easier to read and to keep valid), and for moves
-    that make TOTAL_BATCH_SIZE stop being a multiple of DEVICE_BATCH_SIZE * seq_len (train.py exits).
-    `constants`: all of the file's, also those --names/--skip keep from moving."""
-    batch_moves = [m for m in moves if "BATCH" in name_words(m.const.name)]
+    that make the rules' total stop being a multiple of device * seq_len (train.py: TOTAL_BATCH_SIZE,
+    DEVICE_BATCH_SIZE, MAX_SEQ_LEN; it exits otherwise). `constants`: all of the file's, also those
+    --names/--skip keep from moving; seq_len: the rules' fallback when None."""
+    seq_len = rules.seq_len if seq_len is None else seq_len
+    batch_moves = [m for m in moves if m.const.name in rules.batch or "BATCH" in name_words(m.const.name)]
     if len(batch_moves) > 1:
         return False
     if not batch_moves:
         return True
     before = {c.name: c.value for c in constants}
     after = before | {m.const.name: m.new for m in batch_moves}
-    return _batch_divides(after, seq_len) or not _batch_divides(before, seq_len)  # never break, may repair
+    after_len = after.get(rules.batch[2]) if is_number(after.get(rules.batch[2])) else seq_len
+    before_len = before.get(rules.batch[2]) if is_number(before.get(rules.batch[2])) else seq_len
+    # never break the multiple, may repair it
+    return _batch_divides(after, after_len, rules) or not _batch_divides(before, before_len, rules)
 
 
 def choose(constants: list[Constant], history: list[tuple[str, list[Change]]], seed: str, max_lines: int,
-           seq_len: int = DEFAULT_SEQ_LEN, fixed: list[Constant] | None = None) -> tuple[Move, ...] | None:
+           seq_len: int | None = None, fixed: list[Constant] | None = None,
+           rules: Rules = TRAIN_PY) -> tuple[Move, ...] | None:
     """One or two moves on different constants, weighted by past outcomes, never a tried set nor one
     `batch_safe` refuses (given the `fixed` constants too); None if none left."""
     everything = constants + (fixed or [])
@@ -197,12 +265,12 @@ def choose(constants: list[Constant], history: list[tuple[str, list[Change]]], s
         if status == "keep":  # undoing a kept change is not a new experiment
             tried.add(frozenset((name, new, old) for name, old, new in changes))
         for name, old, new in changes:
-            weights[name, direction(name, old, new)] *= OUTCOME_WEIGHT.get(status, 1.0)
-    moves = [m for c in constants for m in candidate_moves(c)]
+            weights[name, direction(name, old, new, rules)] *= OUTCOME_WEIGHT.get(status, 1.0)
+    moves = [m for c in constants for m in candidate_moves(c, rules)]
 
     def untried(candidates: list[tuple[Move, ...]]) -> list[tuple[Move, ...]]:
         return [c for c in candidates if frozenset(m.change for m in c) not in tried
-                and 2 * len({m.const.line for m in c}) <= max_lines and batch_safe(everything, c, seq_len)]
+                and 2 * len({m.const.line for m in c}) <= max_lines and batch_safe(everything, c, seq_len, rules)]
 
     singles = untried([(m,) for m in moves])
     pairs = untried([(a, b) for a, b in combinations(moves, 2) if a.const.name != b.const.name])
@@ -232,9 +300,10 @@ def _artifact(globs: str, protected: str) -> Path:
     return Path(next((rel for rel in matches if rel.rpartition("/")[2] == "train.py"), matches[0]))
 
 
-def max_seq_len(artifact: Path) -> int:
-    """MAX_SEQ_LEN as a top-level literal of the artifact, else of prepare.py beside it, else the default."""
-    return first_positive_int((artifact, artifact.parent / "prepare.py"), "MAX_SEQ_LEN") or DEFAULT_SEQ_LEN
+def max_seq_len(artifact: Path, rules: Rules = TRAIN_PY) -> int:
+    """The rules' seq_len constant (train.py: MAX_SEQ_LEN) as a top-level literal of the artifact, else of
+    prepare.py beside it, else the rules' fallback."""
+    return first_positive_int((artifact, artifact.parent / "prepare.py"), rules.batch[2]) or rules.seq_len
 
 
 def _env_int(key: str, default: int) -> int:
@@ -266,6 +335,7 @@ def main(argv: list[str] | None = None) -> int:
         seed = args.seed if args.seed is not None else _env_int("AUTORESEARCH_SEED", 0)
         max_lines = _env_int("AUTORESEARCH_MAX_LINES", 4)
         results = args.results or (Path(env["AUTORESEARCH_RESULTS"]) if env.get("AUTORESEARCH_RESULTS") else None)
+        task = task_rules(env.get("AUTORESEARCH_TASK_FILE"))
         try:
             with open(path, encoding="utf-8", newline="") as f:
                 source = f.read()
@@ -281,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
     movable = [c for c in constants if (not allowed or c.name in allowed) and c.name not in skipped]
     history = load_history(results, env.get("AUTORESEARCH_TASK"))
     moves = choose(movable, history, f"{seed}:{env.get('AUTORESEARCH_ITERATION', '')}", max_lines,
-                   max_seq_len(path), [c for c in constants if c not in movable])
+                   max_seq_len(path, task), [c for c in constants if c not in movable], task)
     if moves is None:
         message = f"nothing changed: no untried change of {len(movable)} constants of {path} fits {max_lines} lines"
     else:
