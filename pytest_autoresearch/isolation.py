@@ -2,7 +2,8 @@
 
 Inside it the whole file system is read-only except the sandbox copy (and the few paths the engine hands
 the command to write, like the mutator's description file); /tmp and /dev/shm are private and empty (other
-runs' sandboxes are out of sight; the repository stays in sight, read-only, even when it lies in /tmp); the
+runs' sandboxes are out of sight; the repository and the Python running pytest stay in sight, read-only,
+even when they lie in /tmp); the
 engine's storage (results, logs, state) and the results file are hidden behind empty mounts; the command
 has its own process namespace, so it cannot see or signal pytest, its reaper or anything else outside;
 with `network: false` it has its own network namespace too (loopback only).
@@ -17,6 +18,7 @@ from __future__ import annotations
 import functools
 import shutil
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -95,7 +97,18 @@ def command_wrapper(chosen: Isolation | None, repository: Path, cwd: Path, hidde
                     writable: Iterable[Path] = ()) -> list[str]:
     """The argv to put before a command run in cwd (see Isolation.argv), with the repository in sight and
     `hidden` out of it; none when the task asked for no isolation."""
-    return [] if chosen is None else chosen.argv(cwd, [repository], writable, hidden)
+    return [] if chosen is None else chosen.argv(cwd, [repository, *_interpreter()], writable, hidden)
+
+
+@functools.cache
+def _interpreter() -> tuple[Path, ...]:
+    """The Python that runs pytest (its virtual environment and the installation under it), where it lies in
+    /tmp: the private /tmp would hide it, and commands such as `python -m ...` or `$VIRTUAL_ENV/bin/python`
+    need it. (A clone in /tmp with its .venv inside, as CI makes, is the usual case.)"""
+    tmp = Path("/tmp")
+    found = {Path(p).resolve() for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)}
+    found.add(Path(sys.executable).resolve().parent.parent)
+    return tuple(sorted(p for p in found if p.is_relative_to(tmp) and p != tmp and p.is_dir()))
 
 
 def storage_paths(storage: Storage) -> list[Path]:
