@@ -3,9 +3,9 @@
 Inside it the whole file system is read-only except the sandbox copy (and the few paths the engine hands
 the command to write, like the mutator's description file); /tmp and /dev/shm are private and empty (other
 runs' sandboxes are out of sight; the repository and the Python running pytest stay in sight, read-only,
-even when they lie in /tmp); the
-engine's storage (results, logs, state) and the results file are hidden behind empty mounts; the command
-has its own process namespace, so it cannot see or signal pytest, its reaper or anything else outside;
+even when they lie in /tmp); the engine's storage (results, logs, state) and the results file are hidden
+behind empty mounts; the command has its own process namespace, so it cannot see or signal pytest, its
+reaper or anything else outside;
 with `network: false` it has its own network namespace too (loopback only).
 
 Why bubblewrap: it is one small program (Debian `bubblewrap`), unprivileged where the kernel allows user
