@@ -105,8 +105,11 @@ def judge(task: Task, changes: list[Change], candidate: dict[str, Content | None
 
 def check_sandbox(task: Task, sandbox: Path, before: Manifest, after: Manifest,
                   baseline: Mapping[str, Content], rootdir: Path) -> Verdict:
-    """Judge a mutator's work: every path whose state moved is a change unless its bytes are as before."""
-    touched = [rel for rel in sorted(set(before) | set(after)) if before.get(rel) != after.get(rel)]
+    """Judge a mutator's work: every path whose state moved is a change unless its bytes are as before. Protected
+    files are compared by content whatever their state says: (size, mtime) is the mutator's to forge (a same-size
+    rewrite with its mtime put back), and they are few."""
+    touched = [rel for rel in sorted(set(before) | set(after))
+               if before.get(rel) != after.get(rel) or task.is_protected(rel)]
     protected, escaping, outside = [], [], []
     candidate_artifacts = dict(baseline)
     for rel in touched:
