@@ -112,7 +112,8 @@ def _attempt(engine: Engine, task: Task, scratch: Path, description: str) -> tup
                 if change_set.verdict.changes:
                     engine.storage.write_diff(log_path, start.baseline, change_set.candidate)
                 enforce(change_set.verdict)
-                noise = task_noise([*engine.storage.results.records(task.name), {"scores": scores}])
+                if task.policy.pool_noise:  # only then is the whole history worth reading
+                    noise = task_noise([*engine.storage.results.records(task.name), {"scores": scores}])
                 curves = baseline_curves(engine, task, start.baseline_hash) if task.policy.early_stop else []
                 runs = score_candidate(engine, task, iteration, scores, start.sandbox, log, extra_env, noise, curves)
     except Ended as e:

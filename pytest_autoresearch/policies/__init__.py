@@ -82,6 +82,7 @@ class Policy(ABC):
     reuses_kept_scores: bool  # may a keep's own scores stand in for the next baseline's (see runner_seed)?
 
     early_stop: EarlyStop | None  # policy.early_stop: stop a run whose progress curve is clearly worse
+    pool_noise: bool = False  # does decide() use the noise pooled from the history? (the engine reads it only then)
 
     @abstractmethod
     def decide(self, baseline_scores: Sequence[float], candidate_scores: Sequence[float], direction: str,
