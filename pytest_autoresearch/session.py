@@ -23,8 +23,9 @@ TASK_FILE = "task.yaml"
 TASK_DIR = "experiments"  # where tasks live, below the folder they run in
 SESSION_PLUGIN_NAME = "autoresearch-session"
 REPORT_FILES = ("report.md", "progress.png", "results.tsv")  # what `python -m pytest_autoresearch.report` writes
-# an xdist loop iteration's failing verdict, which passes its report: (the summary's category, the letter)
-LOOP_LABELS = {"crash": ("crashed", "C"), "rejected": ("rejected", "R"), "interrupted": ("interrupted", "I")}
+# an xdist loop iteration's failing verdict, which passes its report: (the summary's category, the letter); an
+# interrupted iteration sends no report (its worker lands it and stops)
+LOOP_LABELS = {"crash": ("crashed", "C"), "rejected": ("rejected", "R")}
 
 
 @dataclass(frozen=True)
