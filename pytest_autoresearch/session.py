@@ -23,6 +23,9 @@ TASK_FILE = "task.yaml"
 TASK_DIR = "experiments"  # where tasks live, below the folder they run in
 SESSION_PLUGIN_NAME = "autoresearch-session"
 REPORT_FILES = ("report.md", "progress.png", "results.tsv")  # what `python -m pytest_autoresearch.report` writes
+# an xdist loop iteration's failing verdict, which passes its report: (the summary's category, the letter); an
+# interrupted iteration sends no report (its worker lands it and stops)
+LOOP_LABELS = {"crash": ("crashed", "C"), "rejected": ("rejected", "R")}
 
 
 @dataclass(frozen=True)
@@ -165,7 +168,12 @@ class AutoresearchSession:
 
     # ------------------------------------------------------------------------
     # Deciding (on the xdist controller): a worker's attempt is decided, applied, committed and recorded here,
-    # before any other plugin sees its report, so labels, failures and JUnit XML show the verdict
+    # before any other plugin sees its report, so labels, failures and JUnit XML show the verdict. A finite
+    # item's attempt comes in its call report, which the verdict may fail. An endless loop's iterations come
+    # in extra call reports of the loop item, one each (xdist forwards a report only under the nodeid of the
+    # item the worker runs): each is labelled with its verdict (K, D, or its status: a crash is C and counted
+    # as "crashed") and passes, as a lone crash does not fail a loop; the loop item's own call report passes
+    # or fails as the loop ended, and its JUnit XML test case has the properties of its last iteration.
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
@@ -184,7 +192,9 @@ class AutoresearchSession:
             pytest.exit(f"autoresearch: stopped: {e}; nothing was applied")
         report.autoresearch = _outcome(record)
         report.user_properties = [*report.user_properties, *properties(record)]
-        self.landed[report.nodeid] = properties(record)
+        self.landed[report.nodeid] = properties(record)  # a loop's: its latest iteration's
+        if getattr(report, "autoresearch_loop_iteration", False):
+            return
         failure = verdict_failure(self.options.rootdir, record, self.options.fail_on_discard)
         if report.passed and failure is not None:
             report.outcome = "failed"
@@ -200,6 +210,9 @@ class AutoresearchSession:
             shown += f" ({score - base:+.4g} vs {base:.6g})"
         if report.failed:
             return "failed", "F", (f"{status.upper()}{shown}", {"red": True})
+        if getattr(report, "autoresearch_loop_iteration", False) and status in LOOP_LABELS:
+            category, letter = LOOP_LABELS[status]
+            return category, letter, (f"{status.upper()}{shown}", {"red": True})
         if status == "keep":
             return "kept", "K", (f"KEPT{shown}", {"green": True})
         return "discarded", "D", (f"DISCARDED{shown}", {"yellow": True})
