@@ -115,7 +115,8 @@ def _attempt(engine: Engine, task: Task, scratch: Path, description: str) -> tup
                 if task.policy.pool_noise:  # only then is the whole history worth reading
                     noise = task_noise([*engine.storage.results.records(task.name), {"scores": scores}])
                 curves = baseline_curves(engine, task, start.baseline_hash) if task.policy.early_stop else []
-                runs = score_candidate(engine, task, iteration, scores, start.sandbox, log, extra_env, noise, curves)
+                runs = score_candidate(engine, task, iteration, scores, source.runnable(start, change_set), log,
+                                       extra_env, noise, curves)
     except Ended as e:
         ending = e
     except KeyboardInterrupt as e:
