@@ -86,7 +86,7 @@ class MutatorSource:
         log.write(f"[autoresearch] mutator: {task.mutator_command}\n".encode())
         result = run_logged(task.mutator_command, start.sandbox, env, task.mutator_timeout, log,
                             command_wrapper(task.mutator_isolation, task.rootdir, start.sandbox,
-                                            storage_paths(self.engine.storage), [self.description_file]))
+                                            storage_paths(self.engine.storage), [self.description_file], env))
         description = None
         if self.description_file.is_file():
             lines = self.description_file.read_text(encoding="utf-8", errors="replace").strip().splitlines()

@@ -70,6 +70,14 @@ def _scratch(task: Task) -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
+def _export_history(engine: Engine, scratch: Path) -> Path:
+    """The commands' copy of the history (AUTORESEARCH_RESULTS), read-only: the live file is the engine's."""
+    history = scratch / "history.jsonl"
+    history.unlink(missing_ok=True)
+    engine.storage.results.export(history)
+    return history
+
+
 def _attempt(engine: Engine, task: Task, scratch: Path, description: str) -> tuple[Attempt, BaseException | None]:
     """Steps 1 to 4 of an iteration of task, in `scratch`; changes nothing in the workspace. Returns the attempt,
     and an exception to raise once the attempt is recorded (KeyboardInterrupt, or an error that is no OS or
@@ -102,8 +110,10 @@ def _attempt(engine: Engine, task: Task, scratch: Path, description: str) -> tup
             log_path = engine.storage.iteration_log(task.name, iteration)  # N.log, unless an earlier one holds it
             with open(log_path, "wb") as log, naming(log_path):
                 start = source.start()
+                extra_env = {**extra_env, "AUTORESEARCH_RESULTS": str(_export_history(engine, scratch))}
                 scores = baseline_scores(engine, task, start.baseline_hash, start.sandbox, start.baseline, scratch,
                                          extra_env, started_at)
+                _export_history(engine, scratch)  # again: with the baseline record, had it just been scored
                 made = source.make(start, iteration, mean(scores), log, extra_env)
                 if made.failure is not None:
                     raise Crashed(made.failure)

@@ -121,7 +121,8 @@ def glob_regex(glob: str) -> re.Pattern[str]:
             else:
                 out.append(re.escape(pattern[i]))
                 i += 1
-        _GLOB_CACHE[glob] = re.compile("".join(out) + r"\Z")
+        # DOTALL: a file name may hold a newline, and `**` must still cover it (else `data/` would miss it)
+        _GLOB_CACHE[glob] = re.compile("".join(out) + r"\Z", re.DOTALL)
     return _GLOB_CACHE[glob]
 
 

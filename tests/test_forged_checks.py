@@ -126,3 +126,24 @@ def test_a_link_to_a_file_of_the_repository_is_kept(pytester, research):
     research()
     assert records(pytester.path)[-1]["status"] == "keep"
     assert os.readlink(pytester.path / "params.txt") == "experiments/t/value.txt"
+
+
+# ----------------------------------------------------------------------------
+# Globs and names with a newline
+
+NEWLINE_NAME = "experiments/t/data/a\nb.txt"
+
+
+@pytest.mark.parametrize("spec, status", [
+    ({"artifacts": ["experiments/t/"], "protected": ["experiments/t/data/"]}, "rejected"),  # was kept: unprotected
+    ({"artifacts": ["experiments/t/value.txt", "experiments/t/data/"]}, "keep"),  # was rejected: no artifact
+], ids=["protected", "artifact"])
+def test_a_folder_glob_covers_a_name_with_a_newline(pytester, research, spec, status):
+    folder = write_task(pytester.path, mutate=BUMP + f"open({NEWLINE_NAME!r}, 'a').write('more\\n')\n", spec=spec)
+    (folder / "data").mkdir()
+    (pytester.path / NEWLINE_NAME).write_text("data\n")
+    research()
+    judged = records(pytester.path)[-1]
+    assert judged["status"] == status, judged
+    if status == "rejected":
+        assert judged["reason"] == f"protected file changed: {NEWLINE_NAME}"
