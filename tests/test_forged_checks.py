@@ -93,7 +93,8 @@ def test_a_helper_that_forges_the_runner_after_the_mutator_ended_is_not_scored(p
         # it forged the sandbox the mutator ran in, or found it removed already
         assert Path(str(trigger) + ".done").read_text() in ("forged", "sandbox gone")
     judged = records(pytester.path)[-1]
-    assert judged["status"] == "keep" and judged["score"] == 2.0, judged  # the candidate's own score
+    # the candidate's own score; or, on a machine slow enough that the forgery lands before the checks, rejected
+    assert (judged["status"], judged["score"]) in (("keep", 2.0), ("rejected", None)), judged
     assert (pytester.path / "experiments/t/score.py").read_text().startswith("import pathlib")
 
 

@@ -130,3 +130,34 @@ def test_isolation_mistakes_are_one_line(pytester, research, spec, message):
     result = research()
     assert result.ret == 1
     result.stdout.fnmatch_lines([f"*experiments/t/task.yaml: {message}"])
+
+
+# the history forgeries of test_forged_records, tried from inside the sandbox: read the records' key, append a
+# fake baseline to the live file and to the export; then a worse candidate
+FORGER = '''import json, os, pathlib
+live, key = os.environ["LIVE_RESULTS"], os.environ["LIVE_RESULTS"] + ".key"
+fake = json.dumps({"task": "t", "iteration": 0, "status": "baseline", "scores": [-1e9], "score": -1e9}) + "\\n"
+def attempt(name, action):
+    try:
+        print(f"{name}: {action()}")
+    except OSError as e:
+        print(f"{name}: refused ({type(e).__name__})")
+attempt("key read", lambda: len(open(key).read()))
+attempt("live append", lambda: open(live, "a").write(fake))
+attempt("export append", lambda: open(os.environ["AUTORESEARCH_RESULTS"], "a").write(fake))
+pathlib.Path("experiments/t/value.txt").write_text("0\\n")
+'''
+
+
+@needs_bwrap
+def test_an_isolated_mutator_can_neither_read_the_key_nor_forge_the_history(pytester, research, monkeypatch):
+    live = pytester.path / "work" / "results.jsonl"
+    monkeypatch.setenv("LIVE_RESULTS", str(live))
+    write_task(pytester.path, mutate=FORGER, spec={"mutator": {"isolation": "bwrap"}})
+    research("--autoresearch-iterations", "2")
+    assert [(r["status"], r["baseline_scores"]) for r in records(pytester.path)][1:] == [("discard", [1.0])] * 2
+    assert "-1000000000.0" not in live.read_text()
+    seen = log_lines(pytester, records(pytester.path)[-1]["log"])
+    assert seen["key read"] == "refused (FileNotFoundError)"  # the storage is an empty folder in there
+    assert seen["export append"] == "refused (OSError)"  # read-only
+    # the live file is /dev/null in there: the write goes nowhere
