@@ -123,8 +123,8 @@ def _interpreter() -> tuple[Path, ...]:
 
 def storage_paths(storage: Storage) -> list[Path]:
     """What an isolated command must not see of the engine: its storage folder; the results file, which reads
-    as empty (so a mutator reading $AUTORESEARCH_RESULTS finds no history rather than no file); the state
-    files beside it when they lie elsewhere (--autoresearch-results outside --autoresearch-dir)."""
+    as empty (the command reads the history from its export, $AUTORESEARCH_RESULTS); the state files beside
+    it, the records' key among them, when they lie elsewhere (--autoresearch-results outside --autoresearch-dir)."""
     results = storage.results
     beside = [Path(results.lock.lock_file), results.counters, results.heads_path, results.baseline_runs,
               results.signer.path]
