@@ -9,6 +9,7 @@ change set that limits.enforce judges)."""
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -19,9 +20,9 @@ from .landing import Landing
 from .limits import Verdict, check_sandbox, diff_artifacts, escapes, judge
 from .policies import BASE_SEED
 from .process import run_logged
-from .sandbox import Content, Link, Manifest, copy_tree, hash_contents, read_contents, scan
+from .sandbox import Content, Digests, Link, Manifest, copy_tree, hash_contents, read_contents, scan
 from .task import Task
-from .workspace import Snapshot, git_head, git_head_contents, protected_hashes
+from .workspace import Snapshot, apply_contents, git_head, git_head_contents, protected_hashes
 
 DESCRIPTION_MAX_CHARS = 300
 
@@ -36,6 +37,7 @@ class Start:
     baseline_from: str | None = None  # workspace: "git HEAD <sha>" when a new commit became the baseline
     protected_then: dict[str, str] | None = None  # workspace: protected hashes stored with the baseline
     head: str | None = None  # workspace: git HEAD now
+    digests: Digests | None = None  # mutator: the content hash of each file as copied in
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,11 @@ class ChangeSet:
         return hash_contents(self.candidate)
 
 
+def never_copied(engine: Engine) -> list[Path]:
+    """The engine's folders, which no sandbox holds: a candidate's link must not point into them."""
+    return [engine.storage.root, engine.storage.results.path.parent]
+
+
 class MutatorSource:
     def __init__(self, engine: Engine, task: Task, scratch: Path) -> None:
         self.engine, self.task, self.scratch = engine, task, scratch
@@ -64,11 +71,12 @@ class MutatorSource:
     def start(self) -> Start:
         engine, task = self.engine, self.task
         sandbox = self.scratch / "sandbox"
+        digests: Digests = {}
         with engine.storage.lock(f"task-{task.name}"):  # never copy the workspace while a keep is landing
             Landing(engine).recover(task)
-            manifest = copy_tree(task.rootdir, sandbox, engine.storage_in_tree)
+            manifest = copy_tree(task.rootdir, sandbox, engine.storage_in_tree, digests)
         baseline = read_contents(sandbox, [rel for rel in manifest if task.is_artifact(rel)])
-        return Start(sandbox, manifest, baseline, hash_contents(baseline))
+        return Start(sandbox, manifest, baseline, hash_contents(baseline), digests=digests)
 
     def make(self, start: Start, iteration: int, baseline_score: float | None, log: BinaryIO,
              extra_env: dict[str, str]) -> Made:
@@ -78,7 +86,7 @@ class MutatorSource:
         log.write(f"[autoresearch] mutator: {task.mutator_command}\n".encode())
         result = run_logged(task.mutator_command, start.sandbox, env, task.mutator_timeout, log,
                             command_wrapper(task.mutator_isolation, task.rootdir, start.sandbox,
-                                            storage_paths(self.engine.storage), [self.description_file]))
+                                            storage_paths(self.engine.storage), [self.description_file], env))
         description = None
         if self.description_file.is_file():
             lines = self.description_file.read_text(encoding="utf-8", errors="replace").strip().splitlines()
@@ -86,12 +94,27 @@ class MutatorSource:
         return Made(description, round(result.seconds, 3), result.failure("mutator", task.mutator_timeout))
 
     def change_set(self, start: Start) -> ChangeSet:
-        verdict = check_sandbox(self.task, start.sandbox, start.manifest, scan(start.sandbox), start.baseline,
-                                self.task.rootdir)
+        verdict = check_sandbox(self.task, start.sandbox, start.manifest, scan(start.sandbox), start.digests or {},
+                                start.baseline, self.task.rootdir, never_copied(self.engine))
         candidate = {**start.baseline, **{k: v for k, v in verdict.candidate.items() if v is not None}}
         for rel in [k for k, v in verdict.candidate.items() if v is None]:
             candidate.pop(rel, None)
         return ChangeSet(verdict, candidate)
+
+    def runnable(self, start: Start, change_set: ChangeSet) -> Path:
+        """A fresh copy of the checked candidate for the runner: the workspace copied again, the candidate's
+        artifacts written from the bytes that were checked. Never the sandbox the mutator wrote, which a
+        helper it left behind could still change after the checks; that one is removed first, and the new
+        copy's path did not exist while the mutator ran."""
+        engine, task = self.engine, self.task
+        shutil.rmtree(start.sandbox, ignore_errors=True)
+        fresh = self.scratch / "candidate"
+        with engine.storage.lock(f"task-{task.name}"):
+            manifest = copy_tree(task.rootdir, fresh, engine.storage_in_tree)
+        present = read_contents(fresh, [rel for rel in manifest if task.is_artifact(rel)])
+        apply_contents(fresh, {**{rel: None for rel in present if rel not in change_set.candidate},
+                               **{rel: c for rel, c in change_set.candidate.items() if present.get(rel) != c}})
+        return fresh
 
 
 class WorkspaceSource:
@@ -128,6 +151,9 @@ class WorkspaceSource:
              extra_env: dict[str, str]) -> Made:
         return Made(None)  # the edit is already made
 
+    def runnable(self, start: Start, change_set: ChangeSet) -> Path:
+        return start.sandbox  # no command ran in it: the copy of the workspace is the candidate as checked
+
     def change_set(self, start: Start) -> ChangeSet:
         task = self.task
         candidate = read_contents(start.sandbox, [rel for rel in start.manifest if task.is_artifact(rel)])
@@ -137,7 +163,7 @@ class WorkspaceSource:
         protected = sorted(rel for rel in set(protected_then) | set(protected_now)
                            if protected_then.get(rel) != protected_now.get(rel))
         escaping = [c.path for c in changes if isinstance(link := candidate.get(c.path), Link)
-                    and escapes(task.rootdir, c.path, link)]
+                    and escapes(task.rootdir, c.path, link, never_copied(self.engine))]
         verdict = judge(task, changes, {c.path: candidate.get(c.path) for c in changes},
                         protected=protected, escaping=escaping, outside=[])
         return ChangeSet(verdict, candidate, (candidate, protected_now, start.head))

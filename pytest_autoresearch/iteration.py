@@ -71,6 +71,14 @@ def _scratch(task: Task) -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
+def _export_history(engine: Engine, scratch: Path) -> Path:
+    """The commands' copy of the history (AUTORESEARCH_RESULTS), read-only: the live file is the engine's."""
+    history = scratch / "history.jsonl"
+    history.unlink(missing_ok=True)
+    engine.storage.results.export(history)
+    return history
+
+
 def _attempt(engine: Engine, task: Task, scratch: Path, description: str,
              record_baseline: bool) -> tuple[Attempt, BaseException | None]:
     """Steps 1 to 4 of an iteration of task, in `scratch`; changes nothing in the workspace. Returns the attempt,
@@ -106,9 +114,11 @@ def _attempt(engine: Engine, task: Task, scratch: Path, description: str,
             log_path = engine.storage.iteration_log(task.name, iteration)  # N.log, unless an earlier one holds it
             with open(log_path, "wb") as log, naming(log_path):
                 start = source.start()
+                extra_env = {**extra_env, "AUTORESEARCH_RESULTS": str(_export_history(engine, scratch))}
                 scores, new_baseline = baseline_scores(engine, task, start.baseline_hash, start.sandbox,
                                                        start.baseline, scratch, extra_env, started_at,
                                                        record_here=record_baseline)
+                _export_history(engine, scratch)  # again: with the baseline record, had it just been scored
                 made = source.make(start, iteration, mean(scores), log, extra_env)
                 if made.failure is not None:
                     raise Crashed(made.failure)
@@ -120,7 +130,8 @@ def _attempt(engine: Engine, task: Task, scratch: Path, description: str,
                 if task.policy.pool_noise:  # only then is the whole history worth reading
                     noise = task_noise([*engine.storage.results.records(task.name), {"scores": scores}])
                 curves = baseline_curves(engine, task, start.baseline_hash) if task.policy.early_stop else []
-                runs = score_candidate(engine, task, iteration, scores, start.sandbox, log, extra_env, noise, curves)
+                runs = score_candidate(engine, task, iteration, scores, source.runnable(start, change_set), log,
+                                       extra_env, noise, curves)
     except Ended as e:
         ending = e
     except KeyboardInterrupt as e:

@@ -3,6 +3,7 @@ sees these hooks. Collects task.yaml files, labels outcomes (KEPT / DISCARDED), 
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -107,7 +108,10 @@ class AutoresearchSession:
         self.config = config
         self.options = options
         worker = getattr(config, "workerinput", {}).get("workerid", "main")
-        self.engine = Engine(rootdir=options.rootdir, storage=Storage(options.storage, options.results),
+        # one id for the run, the controller's, stamped on every record: the summary counts this run's only
+        self.session_id = getattr(config, "workerinput", {}).get("autoresearch_session") or uuid.uuid4().hex[:12]
+        self.engine = Engine(rootdir=options.rootdir, storage=Storage(options.storage, options.results,
+                                                                      self.session_id),
                              worker=worker, commit=options.commit)
         try:  # before anything runs: an iteration that cannot be recorded must not start
             self.engine.storage.results.check_writable()
@@ -123,6 +127,10 @@ class AutoresearchSession:
         self.interrupted: str | None = None
         self.tasks: dict[str, Task] = {}  # the controller's own reading of the tasks whose attempts it lands
         self.landed: dict[str, list[tuple[str, object]]] = {}  # nodeid -> its record's properties, until teardown
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_configure_node(self, node) -> None:  # xdist, on the controller: its workers share its session id
+        node.workerinput["autoresearch_session"] = self.session_id
 
     def pytest_report_header(self, config: pytest.Config) -> str:
         return f"autoresearch: tasks run in {self.options.rootdir} ({self.options.rootdir_why})"
@@ -220,7 +228,7 @@ class AutoresearchSession:
     def summaries(self) -> dict[str, TaskSummary]:
         summaries: dict[str, TaskSummary] = {}
         records = [r for r in self.engine.storage.results.records()
-                   if r.get("status") != "baseline" and int(r.get("iteration", 0)) > self.since.get(r.get("task"), 0)]
+                   if r.get("status") != "baseline" and r.get("session") == self.session_id]
         for record in sorted(records, key=lambda r: (r["task"], r["iteration"])):
             summaries.setdefault(record["task"], TaskSummary()).add(record)
         return summaries
