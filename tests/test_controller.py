@@ -45,6 +45,8 @@ def witnessed(pytester, monkeypatch, tmp_path) -> Path:
     witness = tmp_path / "witness.txt"
     monkeypatch.setenv("PYTHONPATH", str(REPO_ROOT))
     monkeypatch.setenv("WITNESS", str(witness))
+    for name in ("PYTEST_XDIST_WORKER", "PYTEST_XDIST_WORKER_COUNT", "PYTEST_XDIST_TESTRUNUID"):
+        monkeypatch.delenv(name, raising=False)  # this run's own, under an outer -n: the inner controller is no worker
     pytester.makeini("[pytest]\n")
     (pytester.path / "conftest.py").write_text(WITNESS)
     return witness
