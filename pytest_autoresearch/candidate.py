@@ -10,19 +10,17 @@ change set that limits.enforce judges)."""
 from __future__ import annotations
 
 import shutil
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 from .engine import Engine
-from .errors import Rejected
 from .isolation import command_wrapper, storage_paths
 from .landing import Landing
 from .limits import Verdict, check_sandbox, diff_artifacts, escapes, judge
 from .policies import BASE_SEED
 from .process import run_logged
-from .sandbox import Content, Digests, Link, Manifest, copy_tree, file_digest, hash_contents, read_contents, scan
+from .sandbox import Content, Digests, Link, Manifest, copy_tree, hash_contents, read_contents, scan
 from .task import Task
 from .workspace import Snapshot, apply_contents, git_head, git_head_contents, protected_hashes
 
@@ -69,7 +67,6 @@ class MutatorSource:
     def __init__(self, engine: Engine, task: Task, scratch: Path) -> None:
         self.engine, self.task, self.scratch = engine, task, scratch
         self.description_file = scratch / "description.txt"
-        self._fresh = _FreshCopy(engine, task, scratch / "candidate")
 
     def start(self) -> Start:
         engine, task = self.engine, self.task
@@ -79,7 +76,6 @@ class MutatorSource:
             Landing(engine).recover(task)
             manifest = copy_tree(task.rootdir, sandbox, engine.storage_in_tree, digests)
         baseline = read_contents(sandbox, [rel for rel in manifest if task.is_artifact(rel)])
-        self._fresh.begin()  # while the baseline is scored and the mutator runs, not after them
         return Start(sandbox, manifest, baseline, hash_contents(baseline), digests=digests)
 
     def make(self, start: Start, iteration: int, baseline_score: float | None, log: BinaryIO,
@@ -108,58 +104,17 @@ class MutatorSource:
     def runnable(self, start: Start, change_set: ChangeSet) -> Path:
         """A fresh copy of the checked candidate for the runner: the workspace copied again, the candidate's
         artifacts written from the bytes that were checked. Never the sandbox the mutator wrote, which a
-        helper it left behind could still change after the checks; that one is removed first. The copy is
-        made in the background from the start (copying a large repository twice costs seconds), and every
-        file of it is checked against the hashes taken as it was copied, once the mutator is done."""
+        helper it left behind could still change after the checks; that one is removed first, and the new
+        copy's path did not exist while the mutator ran."""
+        engine, task = self.engine, self.task
         shutil.rmtree(start.sandbox, ignore_errors=True)
-        fresh, manifest, digests = self._fresh.result()
-        now = scan(fresh)
-        changed = [rel for rel in sorted(set(now) | set(manifest)) if now.get(rel) != manifest.get(rel)]
-        changed += [rel for rel, digest in sorted(digests.items())
-                    if rel not in changed and file_digest(fresh / rel) != digest]
-        if changed:  # nothing of the engine's writes there until now: the mutator (or what it left running) did
-            raise Rejected(f"the runner's copy was written while the mutator ran: {', '.join(changed[:3])}")
-        present = read_contents(fresh, [rel for rel in manifest if self.task.is_artifact(rel)])
+        fresh = self.scratch / "candidate"
+        with engine.storage.lock(f"task-{task.name}"):
+            manifest = copy_tree(task.rootdir, fresh, engine.storage_in_tree)
+        present = read_contents(fresh, [rel for rel in manifest if task.is_artifact(rel)])
         apply_contents(fresh, {**{rel: None for rel in present if rel not in change_set.candidate},
                                **{rel: c for rel, c in change_set.candidate.items() if present.get(rel) != c}})
         return fresh
-
-    def close(self) -> None:
-        self._fresh.wait()
-
-
-class _FreshCopy:
-    """The workspace copied to `dest` on a thread of its own (file copies release the GIL)."""
-
-    def __init__(self, engine: Engine, task: Task, dest: Path) -> None:
-        self.engine, self.task, self.dest = engine, task, dest
-        self._thread: threading.Thread | None = None
-        self._made: tuple[Manifest, Digests] | None = None
-        self._error: BaseException | None = None
-
-    def begin(self) -> None:
-        self._thread = threading.Thread(target=self._copy, name="autoresearch-fresh-copy", daemon=True)
-        self._thread.start()
-
-    def _copy(self) -> None:
-        try:
-            digests: Digests = {}
-            with self.engine.storage.lock(f"task-{self.task.name}"):  # never while a keep is landing
-                manifest = copy_tree(self.task.rootdir, self.dest, self.engine.storage_in_tree, digests)
-            self._made = (manifest, digests)
-        except BaseException as e:  # raised where the copy is wanted, in the iteration's own thread
-            self._error = e
-
-    def wait(self) -> None:
-        if self._thread is not None:
-            self._thread.join()
-
-    def result(self) -> tuple[Path, Manifest, Digests]:
-        self.wait()
-        if self._error is not None:
-            raise self._error
-        assert self._made is not None, "the fresh copy was never begun"
-        return (self.dest, *self._made)
 
 
 class WorkspaceSource:
@@ -198,9 +153,6 @@ class WorkspaceSource:
 
     def runnable(self, start: Start, change_set: ChangeSet) -> Path:
         return start.sandbox  # no command ran in it: the copy of the workspace is the candidate as checked
-
-    def close(self) -> None:
-        pass  # nothing runs in the background
 
     def change_set(self, start: Start) -> ChangeSet:
         task = self.task

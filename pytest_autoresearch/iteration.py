@@ -114,7 +114,6 @@ def _attempt(engine: Engine, task: Task, scratch: Path, description: str,
             log_path = engine.storage.iteration_log(task.name, iteration)  # N.log, unless an earlier one holds it
             with open(log_path, "wb") as log, naming(log_path):
                 start = source.start()
-                held.callback(source.close)  # its background work ends before the scratch folder goes
                 extra_env = {**extra_env, "AUTORESEARCH_RESULTS": str(_export_history(engine, scratch))}
                 scores, new_baseline = baseline_scores(engine, task, start.baseline_hash, start.sandbox,
                                                        start.baseline, scratch, extra_env, started_at,

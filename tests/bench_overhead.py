@@ -2,8 +2,7 @@
 
 Not collected by default (no test_ prefix). Run:  python tests/bench_overhead.py [--iterations 10]
 Prints greppable lines, e.g.  overhead_small_repo_s: 0.012  and  overhead_5000_files_s: 0.41
-Two repos: a tiny one (just the task) and one with 5,000 small files beside it (what every sandbox copies), the
-latter also with a mutator that takes 1 s (the runner's copy is then made while it runs).
+Two repos: a tiny one (just the task) and one with 5,000 small files beside it (what every sandbox copies).
 Then the check by content alone on the 5,000 files (content_check_5000_files_s: hashing every file outside the
 artifacts again after the mutator, against the hashes taken while copying) and the runner's fresh copy.
 The mutator always makes a worse change, so each iteration runs the whole path (copy, mutate, limits,
@@ -23,19 +22,15 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from autoresearch_helpers import MUTATE_ADD, REPO_ROOT, plugin_args, write_task  # noqa: E402
+from autoresearch_helpers import REPO_ROOT, plugin_args, write_task  # noqa: E402
 
 FILLER_FILES = 5000
 FILES_PER_FOLDER = 100
 
 
-def make_repo(root: Path, filler: int, mutator_s: float = 0.0) -> None:
+def make_repo(root: Path, filler: int) -> None:
     (root / "pytest.ini").write_text("[pytest]\n")
-    if mutator_s:  # a mutator that thinks for a while, as a model does: the runner's copy is made meanwhile
-        write_task(root, "bench", mutate=MUTATE_ADD.format(path="experiments/bench/value.txt", step=-1) +
-                   f"import time\ntime.sleep({mutator_s})\n")
-    else:
-        write_task(root, "bench", step=-1)
+    write_task(root, "bench", step=-1)
     for i in range(filler):
         folder = root / "src" / f"pkg{i // FILES_PER_FOLDER:03d}"
         folder.mkdir(parents=True, exist_ok=True)
@@ -86,10 +81,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--iterations", type=int, default=10)
     args = parser.parse_args()
-    for label, filler, mutator_s in (("small_repo", 0, 0.0), ("5000_files", FILLER_FILES, 0.0),
-                                     ("5000_files_1s_mutator", FILLER_FILES, 1.0)):
+    for label, filler in (("small_repo", 0), ("5000_files", FILLER_FILES)):
         with tempfile.TemporaryDirectory() as tmp:
-            make_repo(Path(tmp), filler, mutator_s)
+            make_repo(Path(tmp), filler)
             samples = overhead(Path(tmp), args.iterations)
         print(f"overhead_{label}_s: {statistics.median(samples):.3f}")
         print(f"overhead_{label}_max_s: {max(samples):.3f}")

@@ -97,33 +97,6 @@ def test_a_helper_that_forges_the_runner_after_the_mutator_ended_is_not_scored(p
     assert (pytester.path / "experiments/t/score.py").read_text().startswith("import pathlib")
 
 
-# the runner's copy is made beside the sandbox while the mutator runs: a mutator that finds it and forges it there
-# (same size, mtime put back), or adds a file to it, must not be scored
-INTO_THE_RUNNERS_COPY = SAME_SIZE_SAME_MTIME + '''
-import pathlib, time
-copy = pathlib.Path("..", "candidate")
-deadline = time.time() + 20
-while not (copy / "experiments/t/z-last.txt").exists() and time.time() < deadline:
-    time.sleep(0.01)
-time.sleep(0.2)  # the copy's last file is written
-{forgery}
-'''
-
-
-@pytest.mark.parametrize("forgery", [
-    "forge(copy / 'experiments/t/score.py', 'print(\"score: 99999\")\\n')",
-    "(copy / 'sitecustomize.py').write_text('print(\"score: 99999\")\\n')",
-], ids=["forged-runner", "added-file"])
-def test_a_mutator_that_writes_the_runners_copy_while_it_is_made_is_rejected(pytester, research, forgery):
-    folder = write_task(pytester.path, mutate=BUMP + INTO_THE_RUNNERS_COPY.format(forgery=forgery),
-                        spec={"protected": ["experiments/t/score.py"]})
-    (folder / "z-last.txt").write_text("the mutator waits for this file in the copy, then a moment more\n")
-    research()
-    judged = records(pytester.path)[-1]
-    assert judged["status"] == "rejected" and judged["score"] is None, judged
-    assert judged["reason"].startswith("the runner's copy was written while the mutator ran: "), judged["reason"]
-
-
 # ----------------------------------------------------------------------------
 # Links, judged against the workspace as it is (work/ and the folders never copied included)
 
