@@ -38,7 +38,7 @@ from .files import write_atomic
 from .iteration import attempt_offsite
 from .process import run_logged
 from .results import Record
-from .sandbox import copy_tree, hash_contents, scan
+from .sandbox import Link, copy_tree, hash_contents, scan
 from .scratch import new_scratch
 from .storage import Storage
 from .task import Task, load_task
@@ -62,7 +62,7 @@ def snapshot_repo(engine: Engine, scratch: Path) -> RepoSnapshot:
     """The repository as a sandbox would copy it (copy_tree's rules and the storage left out), as one tar."""
     manifest = {rel: state for rel, state in scan(engine.rootdir).items()
                 if not any(rel == s or rel.startswith(s + "/") for s in engine.storage_in_tree)}
-    sizes = {rel: state[0] for rel, state in manifest.items() if isinstance(state, tuple)}
+    sizes = {rel: state[0] for rel, state in manifest.items() if not isinstance(state, Link)}
     if (total := sum(sizes.values())) > SNAPSHOT_LIMIT_BYTES:
         largest = ", ".join(f"{rel} ({size >> 20} MiB)" for rel, size in
                             sorted(sizes.items(), key=lambda kv: -kv[1])[:3])
@@ -208,13 +208,14 @@ def _score_baseline(engine: Engine, task: Task, scratch: Path) -> None:
 
 
 def _setup(task: Task, node: str) -> tuple[str, bytes] | None:
-    """Run the task's setup command once on this node (a marker per command; concurrent tasks wait for the first).
-    Returns (reason, output) when it failed: the iteration is a crash, and the next one on this node tries again."""
+    """Run the task's setup command once on this node (a marker per node and command: a node started again, with
+    a new id, runs it again; concurrent tasks wait for the first). Returns (reason, output) when it failed: the
+    iteration is a crash, and the next one on this node tries again."""
     if task.setup_command is None:
         return None
     folder = Path(tempfile.gettempdir()) / f"{NODE_DIR}-{os.getuid()}"
     folder.mkdir(parents=True, exist_ok=True)
-    key = hashlib.sha256(f"{task.name}\0{task.setup_command}".encode()).hexdigest()[:16]
+    key = hashlib.sha256(f"{node}\0{task.name}\0{task.setup_command}".encode()).hexdigest()[:16]
     done = folder / f"setup-{task.name}-{key}.done"
     with FileLock(str(folder / f"setup-{key}.lock")):
         if done.is_file():

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import time
 from collections import deque
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,7 @@ except ImportError:  # check_available() says what to install
 PLUGIN_NAME = "autoresearch-ray"
 WAIT_S = 1.0  # how long one wait for a finished task lasts: Ctrl-C and lost nodes are noticed between waits
 CANCEL_WAIT_S = 20.0  # after a cancel, how long to wait for the tasks to be gone from their nodes
+CONNECT_TIMEOUT_S = 10.0
 FEASIBLE_EVERY_S = 5.0  # how often a task still waiting for resources is checked against the nodes alive
 
 
@@ -85,6 +87,11 @@ class RayExecutor:
         self.engine = self.session.engine
         self.snapshot: tuple[dict, RepoSnapshot, Any] | None = None  # (the scan it came from, it, its ObjectRef)
         self.baselines_tried: set[tuple[str, str]] = set()  # (task, content hash) a baseline order was sent for
+        self.written_gpus: dict[Path, Any] = {}  # task.yaml -> its runner.gpus as written
+        self.queue: deque[IterationItem] = deque()  # iterations not sent yet, in collection order
+        self.flights: list[Flight] = []
+        self.remaining: list[pytest.Item] = []  # items whose protocol has not run yet
+        self.parallel = 1
         self.connected = False
 
     # ------------------------------------------------------------------------
@@ -107,9 +114,7 @@ class RayExecutor:
         offsite = [item for item in session.items if isinstance(item, IterationItem)
                    and item.obj is autoresearch_iteration and not item.task.workspace_mode]
         here = [item for item in session.items if item not in offsite]
-        self.queue: deque[IterationItem] = deque(offsite)
-        self.flights: list[Flight] = []
-        self.remaining = list(session.items)
+        self.queue, self.remaining = deque(offsite), list(session.items)
         if offsite:
             self._connect()
         try:
@@ -139,6 +144,8 @@ class RayExecutor:
     # Connecting, sizing
 
     def _connect(self) -> None:
+        if self.address and (problem := _unreachable(self.address)) is not None:  # ray.init would wait for minutes
+            raise pytest.UsageError(f"--autoresearch-ray-address {self.address}: {problem}")
         # log_to_driver off: the tasks' output is in each iteration's log, not on pytest's terminal
         ray.init(address=self.address or "local", namespace="autoresearch", log_to_driver=False,
                  logging_level="ERROR", include_dashboard=False if not self.address else None)
@@ -152,7 +159,9 @@ class RayExecutor:
     def _gpus(self, task: Task) -> int:
         """runner.gpus as Ray GPUs: `auto` was resolved on this machine at load time; on a cluster it means one
         GPU where the cluster has any, whatever this machine has."""
-        if _written_gpus(task) == "auto":
+        if task.path not in self.written_gpus:
+            self.written_gpus[task.path] = _written_gpus(task)
+        if self.written_gpus[task.path] == "auto":
             return 1 if ray.cluster_resources().get("GPU", 0) else 0
         return task.gpus
 
@@ -350,7 +359,21 @@ def _fault(error: Exception, node: str | None) -> tuple[str, str, str]:
     return "crash", reason, str(error)
 
 
+def _unreachable(address: str) -> str | None:
+    """Why nothing answers at a `host:port` address (a `ray://` or `auto` one is left to ray.init), else None."""
+    host, _, port = address.rpartition(":")
+    if "://" in address or not port.isdigit():
+        return None
+    try:
+        socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as e:
+        return f"no Ray cluster answers there ({e.strerror or e}); start one with `ray start --head` (USAGE.md: More " \
+               f"than one machine)"
+    return None
+
+
 def _written_gpus(task: Task) -> Any:
+    """runner.gpus as the task.yaml says it (`auto` or a number): Task holds it resolved for this machine."""
     import yaml
     try:
         return ((yaml.safe_load(task.path.read_text(encoding="utf-8")) or {}).get("runner") or {}).get("gpus")

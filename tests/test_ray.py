@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from autoresearch_helpers import PY, REPO_ROOT, plugin_args, records, write_task
+from autoresearch_helpers import REPO_ROOT, plugin_args, records, write_task
 
 pytest.importorskip("ray")
 from ray_cluster import Cluster, start_cluster  # noqa: E402  (after the skip: it needs ray's CLI)
@@ -107,9 +107,11 @@ def test_attempts_made_on_two_nodes_land_exactly_as_local_ones(cluster, tmp_path
     assert (remote / "work/logs/t/1.log").is_file() and "score: 9" in (remote / "work/logs/t/1.log").read_text()
 
 
-def test_two_iterations_in_flight_on_two_nodes(cluster, tmp_path):
-    repo = make_repo(tmp_path / "repo", spec={"runner": {"gpus": 1}})  # a node's one (fake) GPU: one run at a time
+def test_two_iterations_in_flight_on_two_nodes_each_prepared_once(cluster, tmp_path):
     runs = tmp_path / "runs.jsonl"
+    # a node's one (fake) GPU: one run at a time; setup: once per node, before its first iteration there
+    repo = make_repo(tmp_path / "repo", spec={"runner": {"gpus": 1},
+                                               "setup": {"command": f"echo $AUTORESEARCH_NODE >> {runs}.setup"}})
     done = run_inner(repo, "--autoresearch-iterations", "4", "--autoresearch-executor", "ray",
                      "--autoresearch-ray-address", cluster.address, "--junitxml=report.xml",
                      env={"AUTORESEARCH_TEST_RUNS": str(runs), "AUTORESEARCH_TEST_RUN_S": "2"})
@@ -121,6 +123,8 @@ def test_two_iterations_in_flight_on_two_nodes(cluster, tmp_path):
     candidates = [r for r in starts if r["iteration"] != "0"]
     overlapping = [(a, b) for a, b in zip(candidates, candidates[1:]) if b["start"] < a["start"] + 2]
     assert overlapping and all(a["node"] != b["node"] for a, b in overlapping), starts
+    prepared = Path(f"{runs}.setup").read_text().split()
+    assert sorted(prepared) == sorted({r["node"] for r in starts}), prepared
     statuses = {case.get("name"): {p.get("name"): p.get("value") for p in case.iter("property")}["status"]
                 for case in ET.parse(repo / "report.xml").iter("testcase")}  # JUnit XML as in local runs
     assert statuses == {f"t[{r['iteration']}]": r["status"] for r in judged}
