@@ -105,7 +105,8 @@ class Order:
         runs = engine.storage.results.baseline_runs / task.name / baseline_hash
         saved = {p.name: p.read_text(encoding="utf-8") for p in sorted(runs.glob("*.json"))} if runs.is_dir() else {}
         return cls(task_file=task.path.relative_to(engine.rootdir).as_posix(), task=task.name, iteration=iteration,
-                   description=description, snapshot=snapshot, baseline_hash=baseline_hash, records=engine.storage.results.records(task.name),
+                   description=description, snapshot=snapshot, baseline_hash=baseline_hash,
+                   records=engine.storage.results.records(task.name),
                    baseline_runs=saved, env={k: v for k, v in os.environ.items() if k.startswith(ENV_PREFIX)},
                    baseline_only=baseline_only)
 
@@ -147,7 +148,7 @@ def attempt_in_child(order: Order, tar: bytes, node: str) -> Result:
                               started_at=_now(), worker="ray", log=None, status="crash",
                               reason=f"internal error on node {node}: the attempt's process exited with code {code}"
                                      f": {last}", node=node)
-            return Result(attempt.to_data(), output, None, [], {}, {})
+            return Result(None if order.baseline_only else attempt.to_data(), output, None, [], {}, {})
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 

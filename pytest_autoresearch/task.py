@@ -240,8 +240,8 @@ def schema() -> dict[str, tuple[str, ...]]:
     USAGE's key table agree with (scorer and policy keys come from their kinds' modules)."""
     from . import policies
     policy_keys = tuple(dict.fromkeys(key for kind in policies.kinds() for key in policies.keys(kind)))
-    return {"": TOP_KEYS, "mutation": MUTATION_KEYS, "mutator": MUTATOR_KEYS, "runner": RUNNER_KEYS, "setup": SETUP_KEYS,
-            "scorer": scorers.keys(), "policy": policy_keys}
+    return {"": TOP_KEYS, "mutation": MUTATION_KEYS, "mutator": MUTATOR_KEYS, "runner": RUNNER_KEYS,
+            "setup": SETUP_KEYS, "scorer": scorers.keys(), "policy": policy_keys}
 
 
 def _check_keys(data: Mapping[str, Any], allowed: tuple[str, ...], prefix: str, fail) -> None:

@@ -101,7 +101,7 @@ class Cluster:
             if node.process.poll() is None:
                 try:
                     os.killpg(node.process.pid, signal.SIGTERM)
-                    node.process.wait(timeout=15)
+                    node.process.wait(timeout=5)
                 except subprocess.TimeoutExpired:
                     node.kill()
                 except ProcessLookupError:
