@@ -88,9 +88,12 @@ class Cluster:
         while time.monotonic() < deadline:
             for node in self.nodes:
                 if node.process.poll() is not None:
-                    raise RuntimeError(f"ray node {node.name} exited: {node.log.read_text()[-2000:]}")
-            done = subprocess.run([sys.executable, "-c", probe, self.address], capture_output=True, text=True,
-                                  env={**os.environ, "RAY_ADDRESS": ""}, timeout=30)
+                    raise RuntimeError(f"ray node {node.name} exited: {node.log.read_text(errors='replace')[-2000:]}")
+            try:
+                done = subprocess.run([sys.executable, "-c", probe, self.address], capture_output=True, text=True,
+                                      env={**os.environ, "RAY_ADDRESS": ""}, timeout=30)
+            except subprocess.TimeoutExpired:
+                continue
             if done.returncode == 0 and done.stdout.strip().splitlines()[-1:] == [str(count)]:
                 return
             time.sleep(0.5)
@@ -111,6 +114,13 @@ class Cluster:
 
 def start_cluster(nodes: dict[str, tuple[int, int]]) -> Cluster:
     """A cluster of the named nodes, {name: (cpus, gpus)}; the first is the head. Returns once all are alive."""
+    try:
+        return _start(nodes)
+    except RuntimeError:  # once more, with new ports: a port picked free can be taken by the time Ray binds it
+        return _start(nodes)
+
+
+def _start(nodes: dict[str, tuple[int, int]]) -> Cluster:
     cluster = Cluster(Path(tempfile.mkdtemp(prefix="ar-ray-", dir="/tmp")))  # short: Ray's socket paths are limited
     try:
         for k, (name, (cpus, gpus)) in enumerate(nodes.items()):

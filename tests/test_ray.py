@@ -202,6 +202,26 @@ def test_ctrl_c_cancels_the_tasks_in_flight_and_records_them_interrupted(cluster
     assert done.stdout.strip().splitlines()[-1:] == ["2"], done.stdout + done.stderr
 
 
+def test_kill_9_of_the_session_leaves_no_task_running_and_a_rerun_resumes(cluster, tmp_path):
+    repo = make_repo(tmp_path / "repo", spec={"runner": {"gpus": 1, "timeout": 900}})
+    runs = tmp_path / "runs.jsonl"
+    session = start_session(repo, runs, "--autoresearch-iterations", "4", "--autoresearch-ray-address",
+                            cluster.address)
+    try:
+        running = candidate_runs(runs, 2)
+    finally:
+        session.kill()  # SIGKILL: Ray cancels the tasks of a driver that died
+        session.communicate(timeout=60)
+    assert all(gone(r["pid"], timeout=30) for r in running), running
+    Path(f"{runs}.go").touch()
+    done = run_inner(repo, "--autoresearch-iterations", "1", "--autoresearch-executor", "ray",
+                     "--autoresearch-ray-address", cluster.address, env={"AUTORESEARCH_TEST_RUNS": str(runs)})
+    assert done.returncode in (0, 1), done.stdout + done.stderr
+    judged = [r for r in records(repo) if r["status"] != "baseline"]
+    # the killed iterations have no record; the new one is numbered past every number handed out
+    assert len(judged) == 1 and judged[0]["iteration"] > max(int(r["iteration"]) for r in running), judged
+
+
 def test_a_node_killed_mid_iteration_is_a_crash_naming_it_and_the_session_goes_on(cluster, tmp_path):
     """Last in this module: it kills the cluster's second node."""
     repo = make_repo(tmp_path / "repo", spec={"runner": {"gpus": 1, "timeout": 900}})
