@@ -4,10 +4,12 @@
 #   ours:NAME:BUDGET:cold|warm[:SETTINGS]   this repo's train.py in a copy whose TIME_BUDGET is BUDGET seconds;
 #                                "cold" empties its compile caches first, "warm" keeps those of the last run;
 #                                SETTINGS: comma-separated KEY=VALUE, a train.py constant to set (e.g.
-#                                COMPILE_REGIONS=False), or SEED=N for AUTORESEARCH_SEED
+#                                COMPILE_REGIONS=False), SEED=N for AUTORESEARCH_SEED, or TIMES=1 to print Dynamo's
+#                                compile-phase timings after the run (dynamo_times:)
 #   upstream:NAME:BUDGET:cold|warm[:SEED=N]   the same through .upstream/run.sh, a local, uncommitted copy of
 #                                karpathy/autoresearch run offline (see BENCHMARKS.md §5), skipped if absent
-#   profile[:NAME[:SETTINGS]]    tests/bench_step.py on the default config (or SETTINGS): step time, kernel breakdown
+#   profile[:NAME[:SETTINGS]]    tests/bench_step.py on the default config (or SETTINGS): step time, kernel breakdown;
+#                                a SETTINGS entry I.key=value sets an Inductor option (e.g. I.prologue_fusion=False)
 #   attention                    tests/bench_attention.py: the banded attention's methods, timed and checked
 # Corpus: every .py file of the host's site-packages, split by file into train and a pinned val shard that
 # holds more than EVAL_TOKENS (a third of the files, ~130 M chars), so val_bpb scores EVAL_TOKENS exactly as the upstream does.
@@ -62,6 +64,7 @@ copy_ours() {  # DIR BUDGET SETTINGS: prints the seed to use
   for setting in ${3//,/ }; do
     case $setting in
       SEED=*) seed=${setting#SEED=} ;;
+      TIMES=1) ;;
       *=*) grep -q "^${setting%%=*} = " "$dir/train.py" || { echo "no constant ${setting%%=*}" >&2; return 1; }
            sed -i -E "s/^(${setting%%=*}) = [^#]*/\1 = ${setting#*=}  /" "$dir/train.py" ;;
     esac
@@ -74,7 +77,10 @@ run_ours() {  # NAME BUDGET cold|warm SETTINGS
   seed=$(copy_ours "$dir" "$2" "$4") || return 1
   [ "$3" = cold ] && rm -rf /tmp/cache-big/compile "${TORCHINDUCTOR_CACHE_DIR:-}" "${TRITON_CACHE_DIR:-}"
   local t0=$SECONDS
-  (cd "$dir" && AUTORESEARCH_SEED=$seed python3 train.py) > "$OUT/$1.log" 2>&1
+  local script=(train.py)   # TIMES=1: then Dynamo's own timings of its compile phases, after the summary
+  # (the import of Dynamo before train.py would fix Inductor's cache folder at its /tmp default: name ours first)
+  [[ ",$4," == *,TIMES=1,* ]] && export TORCHINDUCTOR_CACHE_DIR=/tmp/cache-big/compile/inductor && script=(-c "import runpy, torch._dynamo.utils as u; runpy.run_path('train.py', run_name='__main__'); print('dynamo_times:', u.compile_times(repr='str', aggregate=True))")
+  (cd "$dir" && AUTORESEARCH_SEED=$seed python3 "${script[@]}") > "$OUT/$1.log" 2>&1
   echo "rc $? wall_seconds $((SECONDS - t0))" >> "$OUT/$1.log"
 }
 
@@ -85,10 +91,12 @@ for job in ${JOBS:?set JOBS}; do
     ours) run_ours "$name" "$budget" "$caches" "$settings" ;;
     upstream) [ -x .upstream/run.sh ] && .upstream/run.sh "$name" "$budget" "$caches" "$OUT" "${settings#SEED=}" ;;
     profile)  # profile[:NAME[:SETTINGS]]: here the third field holds the settings
-      name=${name:-profile}; copy_ours "/tmp/ours-$name" 300 "$budget" > /dev/null &&
-        (cd "/tmp/ours-$name" && PYTHONPATH=/tmp/ours-$name:$PYTHONPATH python3 tests/bench_step.py) > "$OUT/$name.log" 2>&1; echo "rc $?" >> "$OUT/$name.log" ;;
+      # SETTINGS entries I.key=value are Inductor options (bench_step.py's BENCH_INDUCTOR), the rest train.py constants
+      name=${name:-profile}; inductor=$(tr , '\n' <<< "$budget" | sed -n 's/^I\.//p' | paste -sd,)
+      copy_ours "/tmp/ours-$name" 300 "$(tr , '\n' <<< "$budget" | grep -v '^I\.' | paste -sd,)" > /dev/null &&
+        (cd "/tmp/ours-$name" && BENCH_INDUCTOR=$inductor PYTHONPATH=/tmp/ours-$name:$PYTHONPATH python3 tests/bench_step.py) > "$OUT/$name.log" 2>&1; echo "rc $?" >> "$OUT/$name.log" ;;
     attention) name=attention; python3 tests/bench_attention.py > "$OUT/attention.log" 2>&1; echo "rc $?" >> "$OUT/attention.log" ;;
   esac
-  grep -E "^(startup:|compile cache:|method:|step_ms:|kind:|val_bpb|training_seconds|total_seconds|startup_seconds|eval_seconds|mfu_percent|num_steps|rc )" "$OUT/$name.log" 2>/dev/null
+  grep -E "^(startup:|dynamo_times:|compile cache:|method:|step_ms:|kind:|inductor:|val_bpb|training_seconds|total_seconds|startup_seconds|eval_seconds|mfu_percent|num_steps|rc )" "$OUT/$name.log" 2>/dev/null
 done
 echo "== done at ${SECONDS}s"

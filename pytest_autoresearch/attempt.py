@@ -25,6 +25,7 @@ class Attempt:
     baseline_hash: str | None = None
     baseline_scores: tuple[float, ...] = ()
     baseline_from: str | None = None
+    new_baseline: dict[str, Any] | None = None  # the baseline's record, when these runs scored it and it lands here
     candidate_hash: str | None = None  # set once the candidate was read: from then on it has a change set
     files_changed: int = 0
     lines_changed: int = 0

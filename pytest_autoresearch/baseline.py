@@ -1,6 +1,7 @@
 """The baseline's scores: found on record by the artifacts' content hash, else scored once, however many
-xdist workers need it at the same time (its runs are shared out between them), and recorded as a
-`baseline` record that every worker then reads."""
+xdist workers need it at the same time (its runs are shared out between them and saved, and every worker
+reads them there), and recorded as a `baseline` record: at once where the iteration lands, else (an xdist
+worker) by the controller, from the attempt, once per content hash and before the first iteration it judged."""
 
 from __future__ import annotations
 
@@ -24,17 +25,32 @@ from .workspace import apply_contents, protected_hashes
 
 
 def baseline_scores(engine: Engine, task: Task, content_hash: str, source: Path, baseline: dict[str, Content],
-                    scratch: Path, extra_env: dict[str, str], started_at: str) -> list[float]:
+                    scratch: Path, extra_env: dict[str, str], started_at: str,
+                    record_here: bool = True) -> tuple[list[float], Record | None]:
     """The scores of the baseline `baseline` (hash `content_hash`), scoring it first when results.jsonl holds
-    too few of them. Raises Crashed when a baseline run fails: no candidate can be judged then."""
+    too few of them, and the new baseline's record when it is left to the landing to append (record_here False:
+    the attempt lands in another process), else None. Raises Crashed when a baseline run fails: no candidate
+    can be judged then."""
     scores = recorded_scores(engine, task, content_hash)
-    if len(scores) < task.policy.baseline_runs:
-        start = time.perf_counter()
-        runs = _runs(engine, task, content_hash, source, baseline, scratch, extra_env)
-        with engine.storage.lock(f"baseline-{task.name}-{content_hash}"):  # one baseline record, whoever finishes
-            scores = recorded_scores(engine, task, content_hash)
-            if len(scores) < task.policy.baseline_runs:
-                scores = _record(engine, task, content_hash, runs, time.perf_counter() - start, started_at)
+    if len(scores) >= task.policy.baseline_runs:
+        return scores, None
+    start = time.perf_counter()
+    runs = _runs(engine, task, content_hash, source, baseline, scratch, extra_env)
+    record = _baseline_record(engine, task, content_hash, runs, time.perf_counter() - start, started_at)
+    if not record_here:
+        return record.scores, record
+    return append_baseline(engine, task, record), None
+
+
+def append_baseline(engine: Engine, task: Task, record: Record) -> list[float]:
+    """Append a new baseline's record unless its scores are on record by now (another worker's, or another
+    attempt's that the controller landed first): one baseline record, whoever finishes. Returns the scores on
+    record."""
+    with engine.storage.lock(f"baseline-{task.name}-{record.baseline_hash}"):
+        scores = recorded_scores(engine, task, record.baseline_hash)
+        if len(scores) < task.policy.baseline_runs:
+            engine.storage.results.append(record)
+            scores = record.scores
     return scores
 
 
@@ -110,19 +126,18 @@ def _runs(engine: Engine, task: Task, content_hash: str, source: Path, baseline:
     return [runs[r] for r in range(task.policy.baseline_runs)]
 
 
-def _record(engine: Engine, task: Task, content_hash: str, runs: list[dict[str, Any]], wall_s: float,
-            started_at: str) -> list[float]:
-    """Append the baseline record: runner_s sums the runs (GPU time), duration_s is this worker's wait."""
+def _baseline_record(engine: Engine, task: Task, content_hash: str, runs: list[dict[str, Any]], wall_s: float,
+                     started_at: str) -> Record:
+    """The baseline record: runner_s sums the runs (GPU time), duration_s is this worker's wait."""
     scores = [float(run["score"]) for run in runs]
     workers = sorted({run["worker"] for run in runs})
     reason = "baseline scored" + (f"; runs by {', '.join(workers)}" if len(workers) > 1 else "")
-    engine.storage.results.append(Record(
+    return Record(
         task=task.name, iteration=0, status="baseline", metric=task.metric, direction=task.direction,
         started_at=started_at, worker=engine.worker, baseline_hash=content_hash, log=runs[0]["log"], scores=scores,
         score=mean(scores), baseline_scores=scores, baseline_score=mean(scores), metrics=runs[-1]["metrics"],
         reason=reason, description="baseline", runner_s=round(sum(run["seconds"] for run in runs), 3),
-        duration_s=round(wall_s, 3)))
-    return scores
+        duration_s=round(wall_s, 3))
 
 
 def _finished_run(folder: Path, r: int, setup: str) -> dict[str, Any] | None:

@@ -9,19 +9,22 @@ change set that limits.enforce judges)."""
 
 from __future__ import annotations
 
+import shutil
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 from .engine import Engine
+from .errors import Rejected
 from .isolation import command_wrapper, storage_paths
 from .landing import Landing
 from .limits import Verdict, check_sandbox, diff_artifacts, escapes, judge
 from .policies import BASE_SEED
 from .process import run_logged
-from .sandbox import Content, Link, Manifest, copy_tree, hash_contents, read_contents, scan
+from .sandbox import Content, Digests, Link, Manifest, copy_tree, file_digest, hash_contents, read_contents, scan
 from .task import Task
-from .workspace import Snapshot, git_head, git_head_contents, protected_hashes
+from .workspace import Snapshot, apply_contents, git_head, git_head_contents, protected_hashes
 
 DESCRIPTION_MAX_CHARS = 300
 
@@ -36,6 +39,7 @@ class Start:
     baseline_from: str | None = None  # workspace: "git HEAD <sha>" when a new commit became the baseline
     protected_then: dict[str, str] | None = None  # workspace: protected hashes stored with the baseline
     head: str | None = None  # workspace: git HEAD now
+    digests: Digests | None = None  # mutator: the content hash of each file as copied in
 
 
 @dataclass(frozen=True)
@@ -56,19 +60,27 @@ class ChangeSet:
         return hash_contents(self.candidate)
 
 
+def never_copied(engine: Engine) -> list[Path]:
+    """The engine's folders, which no sandbox holds: a candidate's link must not point into them."""
+    return [engine.storage.root, engine.storage.results.path.parent]
+
+
 class MutatorSource:
     def __init__(self, engine: Engine, task: Task, scratch: Path) -> None:
         self.engine, self.task, self.scratch = engine, task, scratch
         self.description_file = scratch / "description.txt"
+        self._fresh = _FreshCopy(engine, task, scratch / "candidate")
 
     def start(self) -> Start:
         engine, task = self.engine, self.task
         sandbox = self.scratch / "sandbox"
+        digests: Digests = {}
         with engine.storage.lock(f"task-{task.name}"):  # never copy the workspace while a keep is landing
             Landing(engine).recover(task)
-            manifest = copy_tree(task.rootdir, sandbox, engine.storage_in_tree)
+            manifest = copy_tree(task.rootdir, sandbox, engine.storage_in_tree, digests)
         baseline = read_contents(sandbox, [rel for rel in manifest if task.is_artifact(rel)])
-        return Start(sandbox, manifest, baseline, hash_contents(baseline))
+        self._fresh.begin()  # while the baseline is scored and the mutator runs, not after them
+        return Start(sandbox, manifest, baseline, hash_contents(baseline), digests=digests)
 
     def make(self, start: Start, iteration: int, baseline_score: float | None, log: BinaryIO,
              extra_env: dict[str, str]) -> Made:
@@ -78,7 +90,7 @@ class MutatorSource:
         log.write(f"[autoresearch] mutator: {task.mutator_command}\n".encode())
         result = run_logged(task.mutator_command, start.sandbox, env, task.mutator_timeout, log,
                             command_wrapper(task.mutator_isolation, task.rootdir, start.sandbox,
-                                            storage_paths(self.engine.storage), [self.description_file]))
+                                            storage_paths(self.engine.storage), [self.description_file], env))
         description = None
         if self.description_file.is_file():
             lines = self.description_file.read_text(encoding="utf-8", errors="replace").strip().splitlines()
@@ -86,12 +98,68 @@ class MutatorSource:
         return Made(description, round(result.seconds, 3), result.failure("mutator", task.mutator_timeout))
 
     def change_set(self, start: Start) -> ChangeSet:
-        verdict = check_sandbox(self.task, start.sandbox, start.manifest, scan(start.sandbox), start.baseline,
-                                self.task.rootdir)
+        verdict = check_sandbox(self.task, start.sandbox, start.manifest, scan(start.sandbox), start.digests or {},
+                                start.baseline, self.task.rootdir, never_copied(self.engine))
         candidate = {**start.baseline, **{k: v for k, v in verdict.candidate.items() if v is not None}}
         for rel in [k for k, v in verdict.candidate.items() if v is None]:
             candidate.pop(rel, None)
         return ChangeSet(verdict, candidate)
+
+    def runnable(self, start: Start, change_set: ChangeSet) -> Path:
+        """A fresh copy of the checked candidate for the runner: the workspace copied again, the candidate's
+        artifacts written from the bytes that were checked. Never the sandbox the mutator wrote, which a
+        helper it left behind could still change after the checks; that one is removed first. The copy is
+        made in the background from the start (copying a large repository twice costs seconds), and every
+        file of it is checked against the hashes taken as it was copied, once the mutator is done."""
+        shutil.rmtree(start.sandbox, ignore_errors=True)
+        fresh, manifest, digests = self._fresh.result()
+        now = scan(fresh)
+        changed = [rel for rel in sorted(set(now) | set(manifest)) if now.get(rel) != manifest.get(rel)]
+        changed += [rel for rel, digest in sorted(digests.items())
+                    if rel not in changed and file_digest(fresh / rel) != digest]
+        if changed:  # nothing of the engine's writes there until now: the mutator (or what it left running) did
+            raise Rejected(f"the runner's copy was written while the mutator ran: {', '.join(changed[:3])}")
+        present = read_contents(fresh, [rel for rel in manifest if self.task.is_artifact(rel)])
+        apply_contents(fresh, {**{rel: None for rel in present if rel not in change_set.candidate},
+                               **{rel: c for rel, c in change_set.candidate.items() if present.get(rel) != c}})
+        return fresh
+
+    def close(self) -> None:
+        self._fresh.wait()
+
+
+class _FreshCopy:
+    """The workspace copied to `dest` on a thread of its own (file copies release the GIL)."""
+
+    def __init__(self, engine: Engine, task: Task, dest: Path) -> None:
+        self.engine, self.task, self.dest = engine, task, dest
+        self._thread: threading.Thread | None = None
+        self._made: tuple[Manifest, Digests] | None = None
+        self._error: BaseException | None = None
+
+    def begin(self) -> None:
+        self._thread = threading.Thread(target=self._copy, name="autoresearch-fresh-copy", daemon=True)
+        self._thread.start()
+
+    def _copy(self) -> None:
+        try:
+            digests: Digests = {}
+            with self.engine.storage.lock(f"task-{self.task.name}"):  # never while a keep is landing
+                manifest = copy_tree(self.task.rootdir, self.dest, self.engine.storage_in_tree, digests)
+            self._made = (manifest, digests)
+        except BaseException as e:  # raised where the copy is wanted, in the iteration's own thread
+            self._error = e
+
+    def wait(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+
+    def result(self) -> tuple[Path, Manifest, Digests]:
+        self.wait()
+        if self._error is not None:
+            raise self._error
+        assert self._made is not None, "the fresh copy was never begun"
+        return (self.dest, *self._made)
 
 
 class WorkspaceSource:
@@ -128,6 +196,12 @@ class WorkspaceSource:
              extra_env: dict[str, str]) -> Made:
         return Made(None)  # the edit is already made
 
+    def runnable(self, start: Start, change_set: ChangeSet) -> Path:
+        return start.sandbox  # no command ran in it: the copy of the workspace is the candidate as checked
+
+    def close(self) -> None:
+        pass  # nothing runs in the background
+
     def change_set(self, start: Start) -> ChangeSet:
         task = self.task
         candidate = read_contents(start.sandbox, [rel for rel in start.manifest if task.is_artifact(rel)])
@@ -137,7 +211,7 @@ class WorkspaceSource:
         protected = sorted(rel for rel in set(protected_then) | set(protected_now)
                            if protected_then.get(rel) != protected_now.get(rel))
         escaping = [c.path for c in changes if isinstance(link := candidate.get(c.path), Link)
-                    and escapes(task.rootdir, c.path, link)]
+                    and escapes(task.rootdir, c.path, link, never_copied(self.engine))]
         verdict = judge(task, changes, {c.path: candidate.get(c.path) for c in changes},
                         protected=protected, escaping=escaping, outside=[])
         return ChangeSet(verdict, candidate, (candidate, protected_now, start.head))

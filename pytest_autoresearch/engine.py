@@ -56,10 +56,10 @@ class Engine:
 
     def env(self, task: Task, iteration: int, baseline_score: float | None, seed: int, sandbox: Path,
             extra: dict[str, str]) -> dict[str, str]:
-        """A mutator's or runner's environment (USAGE's Environment table); iteration 0 while a baseline runs."""
+        """A mutator's or runner's environment (USAGE's Environment table); iteration 0 while a baseline runs.
+        AUTORESEARCH_RESULTS comes in `extra`: the iteration's export of the history, never the live file."""
         env = dict(os.environ)
-        env.update(AUTORESEARCH_TASK=task.name, AUTORESEARCH_ITERATION=str(iteration),
-                   AUTORESEARCH_RESULTS=str(self.storage.results.path), AUTORESEARCH_SEED=str(seed),
+        env.update(AUTORESEARCH_TASK=task.name, AUTORESEARCH_ITERATION=str(iteration), AUTORESEARCH_SEED=str(seed),
                    AUTORESEARCH_BASELINE_SCORE="" if baseline_score is None else repr(baseline_score),
                    AUTORESEARCH_TASK_FILE=str(self._in_sandbox(task.path, sandbox)),
                    AUTORESEARCH_ARTIFACTS=os.pathsep.join(task.artifacts),

@@ -3,8 +3,8 @@
 Inside it the whole file system is read-only except the sandbox copy (and the few paths the engine hands
 the command to write, like the mutator's description file); /tmp and /dev/shm are private and empty (other
 runs' sandboxes are out of sight; the repository and the Python running pytest stay in sight, read-only,
-even when they lie in /tmp); the engine's storage (results, logs, state) and the results file are hidden
-behind empty mounts; the command has its own process namespace, so it cannot see or signal pytest, its
+even when they lie in /tmp); the engine's storage (results, logs, state, the records' key) and the results file are hidden
+behind empty mounts (the command reads the history from its read-only export); the command has its own process namespace, so it cannot see or signal pytest, its
 reaper or anything else outside;
 with `network: false` it has its own network namespace too (loopback only).
 
@@ -20,7 +20,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,7 +38,7 @@ class Isolation:
              hidden: Iterable[Path] = ()) -> list[str]:
         """bwrap's argv up to its `--`, for a command run in cwd: cwd and each of `writable` writable (a file
         not there yet through its folder, since bubblewrap binds only what exists), each of `readable` in sight
-        even under the private /tmp, each of `hidden` that exists covered up: a folder by an empty tmpfs, a
+        even under the private /tmp, and read-only even inside a writable folder, each of `hidden` that exists covered up: a folder by an empty tmpfs, a
         file by /dev/null (it reads as empty, and takes writes nowhere)."""
         args = ["bwrap", "--die-with-parent", "--new-session", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
                 "--ro-bind", "/", "/", "--dev-bind", "/dev", "/dev", "--tmpfs", "/dev/shm", "--proc", "/proc",
@@ -52,10 +52,15 @@ class Isolation:
                 args += ["--tmpfs", str(path)]
             elif path.exists():
                 args += ["--dev-bind", "/dev/null", str(path)]  # a device node needs a mount that allows devices
+        bound = []
         for path in (cwd, *writable):
             path = path if path.exists() else path.parent
             if path.is_dir() or path.is_file():
                 args += ["--bind", str(path), str(path)]
+                bound.append(path)
+        for path in readable:  # read-only still where it lies in a folder bound writable (the history export)
+            if any(path.is_relative_to(folder) for folder in bound):
+                args += ["--ro-bind", str(path), str(path)]
         return args + ["--chdir", str(cwd), "--"]
 
 
@@ -94,10 +99,15 @@ def unavailable(network: bool) -> str | None:
 
 
 def command_wrapper(chosen: Isolation | None, repository: Path, cwd: Path, hidden: Iterable[Path],
-                    writable: Iterable[Path] = ()) -> list[str]:
-    """The argv to put before a command run in cwd (see Isolation.argv), with the repository in sight and
-    `hidden` out of it; none when the task asked for no isolation."""
-    return [] if chosen is None else chosen.argv(cwd, [repository, *_interpreter()], writable, hidden)
+                    writable: Iterable[Path] = (), env: Mapping[str, str] | None = None) -> list[str]:
+    """The argv to put before a command run in cwd (see Isolation.argv), with the repository and the export of
+    the history that `env` names (AUTORESEARCH_RESULTS, in the scratch folder under the private /tmp) in
+    sight, read-only, and `hidden` out of it; none when the task asked for no isolation."""
+    if chosen is None:
+        return []
+    history = [Path(env["AUTORESEARCH_RESULTS"])] if env and env.get("AUTORESEARCH_RESULTS") else []
+    return chosen.argv(cwd, [repository, *_interpreter(), *(path for path in history if path.exists())], writable,
+                       hidden)
 
 
 @functools.cache
@@ -113,8 +123,9 @@ def _interpreter() -> tuple[Path, ...]:
 
 def storage_paths(storage: Storage) -> list[Path]:
     """What an isolated command must not see of the engine: its storage folder; the results file, which reads
-    as empty (so a mutator reading $AUTORESEARCH_RESULTS finds no history rather than no file); the state
-    files beside it when they lie elsewhere (--autoresearch-results outside --autoresearch-dir)."""
+    as empty (the command reads the history from its export, $AUTORESEARCH_RESULTS); the state files beside
+    it, the records' key among them, when they lie elsewhere (--autoresearch-results outside --autoresearch-dir)."""
     results = storage.results
-    beside = [Path(results.lock.lock_file), results.counters, results.heads_path, results.baseline_runs]
+    beside = [Path(results.lock.lock_file), results.counters, results.heads_path, results.baseline_runs,
+              results.signer.path]
     return [storage.root, results.path, *(path for path in beside if not path.is_relative_to(storage.root))]

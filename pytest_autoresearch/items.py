@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import pytest
 from .attempt import Attempt
 from .engine import Engine
 from .errors import StorageUnwritable
+from .handover import NoVerdict, await_record, send_loop_iteration
 from .iteration import attempt_iteration, run_iteration
 from .landing import Landing
 from .results import Record
@@ -71,17 +73,21 @@ def autoresearch_iteration(request: pytest.FixtureRequest, autoresearch_engine: 
 def autoresearch_loop(request: pytest.FixtureRequest, autoresearch_engine: Engine) -> None:
     """Iterations of the item's task until Ctrl-C/SIGTERM, patience or --autoresearch-max-crashes ends it
     (--autoresearch-iterations 0). Each iteration is recorded as it ends; a lone crash or rejection does
-    not stop the loop."""
+    not stop the loop. Under xdist each iteration is handed to the controller in a report of its own
+    (handover.send_loop_iteration), and the next starts once the controller has recorded it."""
     item: IterationItem = request.node
+    ran = False
     while True:
         if (stopped := crash_stop(request.config, autoresearch_engine, item.task.name, item.since)) is not None:
             raise IterationFailed(stopped)
-        _check_patience(request, autoresearch_engine, item, stop=True)
+        _check_patience(request, autoresearch_engine, item, stop=ran)
         del item.user_properties[:]
         try:
-            _run_one(request, autoresearch_engine, item)
+            _run_one(request, autoresearch_engine, item, in_loop=True)
         except IterationFailed:
             continue
+        finally:
+            ran = True
 
 
 def crash_stop(config: pytest.Config, engine: Engine, task: str, since: int) -> str | None:
@@ -96,9 +102,10 @@ def crash_stop(config: pytest.Config, engine: Engine, task: str, since: int) -> 
 
 
 def _check_patience(request: pytest.FixtureRequest, engine: Engine, item: IterationItem, stop: bool = False) -> None:
+    """Out of patience: skip the item, or with `stop` (a loop that ran an iteration) end it, passing."""
     patience = request.config.getoption("autoresearch_patience")
     if patience and engine.storage.results.misses_in_a_row(item.task.name, item.since) >= patience:
-        if stop and item.record is not None:
+        if stop:
             raise _StopLoop()
         pytest.skip(f"patience: {patience} iterations in a row without a keep")
 
@@ -107,14 +114,12 @@ class _StopLoop(Exception):
     pass
 
 
-def _run_one(request: pytest.FixtureRequest, autoresearch_engine: Engine, item: IterationItem) -> None:
+def _run_one(request: pytest.FixtureRequest, autoresearch_engine: Engine, item: IterationItem,
+             in_loop: bool = False) -> None:
     description = os.environ.get("AUTORESEARCH_DESCRIPTION", "")
     try:
-        if item.hands_over:  # the controller decides and lands it (session.py); a crash or rejection fails here
-            item.attempt = attempt_iteration(autoresearch_engine, item.task, description)
-            if item.attempt.status in FAILING:
-                raise IterationFailed(failure_text(autoresearch_engine.rootdir, item.attempt.status,
-                                                   item.attempt.reason, item.attempt.log))
+        if item.hands_over:
+            _hand_over(autoresearch_engine, item, description, in_loop)
             return
         if item.made is not None:  # made on a Ray node: decided and landed here, as run_iteration would
             record = Landing(autoresearch_engine).land(item.task, item.made)
@@ -127,6 +132,28 @@ def _run_one(request: pytest.FixtureRequest, autoresearch_engine: Engine, item: 
     if (failure := verdict_failure(autoresearch_engine.rootdir, record,
                                    request.config.getoption("autoresearch_fail_on_discard"))) is not None:
         raise IterationFailed(failure)
+
+
+def _hand_over(engine: Engine, item: IterationItem, description: str, in_loop: bool) -> None:
+    """Make the attempt here for the xdist controller to decide and land (session.py), and go on once it has
+    recorded it: a loop's iteration goes in a report of its own and is waited for at once; a finite item's goes
+    in its call report (sent before teardown) and is waited for in its teardown, and its crash or rejection
+    fails it here. A workspace task's lock, taken before the workspace is read, is held until then."""
+    task = item.task
+    with ExitStack() as held:
+        if task.workspace_mode:  # the workspace is the one candidate: held from its reading to its verdict
+            held.enter_context(engine.storage.lock(f"task-{task.name}"))
+        attempt = attempt_iteration(engine, task, description)
+        if in_loop:
+            send_loop_iteration(item, attempt)
+            await_record(engine.storage.results, task.name, attempt.iteration)
+            return
+        item.attempt = attempt
+        after_landing = held.pop_all()  # the lock outlives the call phase, till the teardown's wait
+        after_landing.callback(await_record, engine.storage.results, task.name, attempt.iteration)
+        item.addfinalizer(after_landing.close)  # the wait runs first, then the lock is released
+    if attempt.status in FAILING:
+        raise IterationFailed(failure_text(engine.rootdir, attempt.status, attempt.reason, attempt.log))
 
 
 def properties(record: Record) -> list[tuple[str, object]]:
@@ -178,14 +205,13 @@ class TaskFile(pytest.File):
             Snapshot(engine.storage.state_dir, task).forget()
         since = engine.storage.results.last_iteration(task.name)
         iterations = self.config.getoption("autoresearch_iterations")
+        hands_over = hasattr(self.config, "workerinput")  # an xdist worker: the controller lands its attempts
         if iterations == 0:  # one endless loop per xdist worker, so -n N still runs N iterations at once
             workers = getattr(self.config, "workerinput", {}).get("workercount", 1)
-            for k in range(1, workers + 1):  # a loop lands its own iterations: one item has but one report
+            for k in range(1, workers + 1):
                 yield IterationItem.from_parent(self, name=f"{task.name}[loop-{k}]", callobj=autoresearch_loop,
-                                                task=task, since=since, hands_over=False)
+                                                task=task, since=since, hands_over=hands_over)
             return
-        # an xdist worker hands its attempts to the controller; the workspace's one candidate lands where it is read
-        hands_over = hasattr(self.config, "workerinput") and not task.workspace_mode
         for k in range(1, iterations + 1):
             yield IterationItem.from_parent(self, name=f"{task.name}[{k}]", callobj=autoresearch_iteration,
                                             task=task, since=since, hands_over=hands_over)
@@ -211,7 +237,7 @@ class IterationItem(pytest.Function):
         return self.path, None, self.name
 
     def repr_failure(self, excinfo, style=None):
-        if excinfo.errisinstance(IterationFailed):
+        if excinfo.errisinstance((IterationFailed, NoVerdict)):
             return FailureText(str(excinfo.value), self.path)
         return super().repr_failure(excinfo)  # pytest.Function's takes no style (pytest 9)
 

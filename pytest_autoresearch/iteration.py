@@ -41,7 +41,7 @@ def run_iteration(engine: Engine, task: Task, description: str = "") -> Record:
         if task.workspace_mode:  # the workspace is the one candidate: held from its reading to its verdict
             held.enter_context(engine.storage.lock(f"task-{task.name}"))
         scratch = held.enter_context(_scratch(task))
-        attempt, pending = _attempt(engine, task, scratch, description)
+        attempt, pending = _attempt(engine, task, scratch, description, record_baseline=True)
         record = Landing(engine).land(task, attempt)
     if pending is not None:  # a Ctrl-C, or an unexpected error: recorded, now raised
         raise pending
@@ -49,11 +49,12 @@ def run_iteration(engine: Engine, task: Task, description: str = "") -> Record:
 
 
 def attempt_iteration(engine: Engine, task: Task, description: str = "") -> Attempt:
-    """Steps 1 to 4 of an iteration of a mutator-mode task, for another process to land (the xdist controller).
-    An attempt that ends in a Ctrl-C or an unexpected error is landed here, and that exception raised: this
-    process will send no report to carry it."""
+    """Steps 1 to 4 of an iteration, for another process to land (the xdist controller), with the record of a
+    baseline it scored anew. An attempt that ends in a Ctrl-C or an unexpected error is landed here, and that
+    exception raised: this process will send no report to carry it. With `mutator: workspace` the caller holds
+    the task lock, until the attempt's record is appended."""
     with _scratch(task) as scratch:
-        attempt, pending = _attempt(engine, task, scratch, description)
+        attempt, pending = _attempt(engine, task, scratch, description, record_baseline=False)
     if pending is not None:
         Landing(engine).land(task, attempt)
         raise pending
@@ -65,7 +66,7 @@ def attempt_offsite(engine: Engine, task: Task, iteration: int, description: str
     copy (an executor's node, offsite.py): nothing is landed here, whatever happens; the attempt, even an
     interrupted or crashed one, goes back to the session, which records it."""
     with _scratch(task) as scratch:
-        attempt, _ = _attempt(engine, task, scratch, description, iteration)
+        attempt, _ = _attempt(engine, task, scratch, description, record_baseline=False, iteration=iteration)
     return attempt
 
 
@@ -79,11 +80,20 @@ def _scratch(task: Task) -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
+def _export_history(engine: Engine, scratch: Path) -> Path:
+    """The commands' copy of the history (AUTORESEARCH_RESULTS), read-only: the live file is the engine's."""
+    history = scratch / "history.jsonl"
+    history.unlink(missing_ok=True)
+    engine.storage.results.export(history)
+    return history
+
+
 def _attempt(engine: Engine, task: Task, scratch: Path, description: str,
-             iteration: int | None = None) -> tuple[Attempt, BaseException | None]:
+             record_baseline: bool, iteration: int | None = None) -> tuple[Attempt, BaseException | None]:
     """Steps 1 to 4 of an iteration of task, in `scratch`; changes nothing in the workspace. Returns the attempt,
     and an exception to raise once the attempt is recorded (KeyboardInterrupt, or an error that is no OS or
-    engine error). `description`: the session's AUTORESEARCH_DESCRIPTION, unless the mutator writes one."""
+    engine error). `description`: the session's AUTORESEARCH_DESCRIPTION, unless the mutator writes one.
+    record_baseline: append a baseline scored anew at once, else leave it to the attempt's landing."""
     iteration = engine.storage.reserve_iteration(task.name) if iteration is None else iteration
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     clock = time.perf_counter()
@@ -99,6 +109,7 @@ def _attempt(engine: Engine, task: Task, scratch: Path, description: str,
     ending: Ended | None = None
     pending: BaseException | None = None
     gpu_wait_s = 0.0
+    new_baseline: Record | None = None
     try:
         with ExitStack() as held:
             extra_env: dict[str, str] = {}
@@ -112,8 +123,12 @@ def _attempt(engine: Engine, task: Task, scratch: Path, description: str,
             log_path = engine.storage.iteration_log(task.name, iteration)  # N.log, unless an earlier one holds it
             with open(log_path, "wb") as log, naming(log_path):
                 start = source.start()
-                scores = baseline_scores(engine, task, start.baseline_hash, start.sandbox, start.baseline, scratch,
-                                         extra_env, started_at)
+                held.callback(source.close)  # its background work ends before the scratch folder goes
+                extra_env = {**extra_env, "AUTORESEARCH_RESULTS": str(_export_history(engine, scratch))}
+                scores, new_baseline = baseline_scores(engine, task, start.baseline_hash, start.sandbox,
+                                                       start.baseline, scratch, extra_env, started_at,
+                                                       record_here=record_baseline)
+                _export_history(engine, scratch)  # again: with the baseline record, had it just been scored
                 made = source.make(start, iteration, mean(scores), log, extra_env)
                 if made.failure is not None:
                     raise Crashed(made.failure)
@@ -125,7 +140,8 @@ def _attempt(engine: Engine, task: Task, scratch: Path, description: str,
                 if task.policy.pool_noise:  # only then is the whole history worth reading
                     noise = task_noise([*engine.storage.results.records(task.name), {"scores": scores}])
                 curves = baseline_curves(engine, task, start.baseline_hash) if task.policy.early_stop else []
-                runs = score_candidate(engine, task, iteration, scores, start.sandbox, log, extra_env, noise, curves)
+                runs = score_candidate(engine, task, iteration, scores, source.runnable(start, change_set), log,
+                                       extra_env, noise, curves)
     except Ended as e:
         ending = e
     except KeyboardInterrupt as e:
@@ -145,7 +161,8 @@ def _attempt(engine: Engine, task: Task, scratch: Path, description: str,
         description=made.description if made is not None and made.description is not None else description,
         status=ending.status if ending is not None else None, reason=ending.reason if ending is not None else "",
         baseline_hash=start.baseline_hash if start is not None else None, baseline_scores=tuple(scores),
-        baseline_from=start.baseline_from if start is not None else None, candidate_hash=candidate_hash,
+        baseline_from=start.baseline_from if start is not None else None,
+        new_baseline=asdict(new_baseline) if new_baseline is not None else None, candidate_hash=candidate_hash,
         files_changed=verdict.files_changed if verdict else 0, lines_changed=verdict.lines_changed if verdict else 0,
         changes=dict(verdict.candidate) if verdict else {},
         before={c.path: start.baseline.get(c.path) for c in verdict.changes} if verdict and start else {},

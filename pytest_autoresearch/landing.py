@@ -12,7 +12,7 @@ from dataclasses import asdict, replace
 from typing import Any
 
 from .attempt import Attempt
-from .baseline import recorded_scores
+from .baseline import append_baseline, recorded_scores
 from .engine import Engine
 from .errors import EngineError, LandingFailed, describe
 from .files import remove_dead_temp_files
@@ -30,11 +30,15 @@ class Landing:
         self.engine = engine
 
     def land(self, task: Task, attempt: Attempt) -> Record:
-        """Decide on the attempt, land the verdict and append its record, with SIGINT/SIGTERM held. Only a results
+        """Decide on the attempt, land the verdict and append its record (after the record of the baseline it
+        scored, when that is left to the landing and not on record yet), with SIGINT/SIGTERM held. Only a results
         store that cannot be written raises (StorageUnwritable): then nothing was applied. With `mutator:
-        workspace` the caller holds the task lock since the attempt began."""
+        workspace` the task lock is held since the attempt began: by the caller, or under xdist by the worker
+        that made the attempt, until this record is appended (handover.py)."""
         start = time.perf_counter()
         with held_signals():
+            if attempt.new_baseline is not None:
+                append_baseline(self.engine, task, Record(**attempt.new_baseline))
             decision = None if attempt.status else settle(task.policy, attempt.baseline_scores, attempt.scores,
                                                           task.direction, attempt.noise, attempt.early_stop)
             if attempt.workspace:

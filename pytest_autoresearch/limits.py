@@ -1,19 +1,21 @@
 """Mutation limits: what a candidate changed versus its baseline, and whether that is allowed.
 
-Checked in this order, the first broken rule becoming the rejection reason:
-protected files, links escaping the sandbox, changes outside `artifacts`, max_files, max_lines.
+Checked in this order, the first broken rule becoming the rejection reason: max_bytes (by stat, before any
+content is read), protected files, links escaping the sandbox, changes outside `artifacts`, max_files,
+max_lines.
 """
 
 from __future__ import annotations
 
 import difflib
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import Rejected, Unchanged
-from .sandbox import Content, Link, Manifest, read_content
+from .sandbox import (IGNORED_ANYWHERE, IGNORED_TOP, Content, Digests, FileState, Link, Manifest, file_digest,
+                      read_content)
 from .task import Task
 
 SHOWN_PATHS = 3  # paths named in a reason before "(+N more)"
@@ -74,12 +76,33 @@ def diff_artifacts(baseline: Mapping[str, Content], candidate: Mapping[str, Cont
     return changes
 
 
-def escapes(root: Path, rel: str, link: Link) -> bool:
-    """Whether a link at root/rel points outside root (absolute, or climbing out with ..)."""
-    target = os.path.normpath(os.path.join(os.path.dirname(os.path.join(root, rel)), link.target))
+def escapes(root: Path, rel: str, link: Link, never_copied: Iterable[Path] = ()) -> bool:
+    """Whether a link at root/rel (root: the workspace) points out of what a sandbox of root holds: absolute,
+    climbing out with .., into a folder a sandbox never holds (the engine's storage wherever it lies, work/,
+    version control, virtual environments), or through a link of the workspace to any of these. Judged
+    against the workspace, not the sandbox: the sandbox lacks exactly those folders, so a link into them
+    dangles harmlessly there and reaches them once a keep puts it in the workspace."""
+    if os.path.isabs(link.target):
+        return True
+    lexical = os.path.normpath(os.path.join(os.path.dirname(rel), link.target))
+    if lexical == ".." or lexical.startswith("../"):
+        return True
+    parts = lexical.split("/")
+    if parts[0] in IGNORED_TOP or any(part in IGNORED_ANYWHERE for part in parts):
+        return True
+    if any(os.path.exists(os.path.join(root, *parts[:k], "pyvenv.cfg")) for k in range(1, len(parts) + 1)):
+        return True  # a virtual environment of any name, which sandboxes leave out too
     real_root = os.path.realpath(root)
-    resolved = os.path.realpath(target)
-    return not (resolved == real_root or resolved.startswith(real_root + os.sep)) or os.path.isabs(link.target)
+    banned = [os.path.realpath(path) for path in never_copied]
+    for target in (os.path.join(root, lexical), os.path.join(root, os.path.dirname(rel), link.target)):
+        resolved = os.path.realpath(target)  # through the workspace's own links, as the OS would follow them
+        if not _within(resolved, real_root) or any(_within(resolved, path) for path in banned):
+            return True
+    return False
+
+
+def _within(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
 
 def judge(task: Task, changes: list[Change], candidate: dict[str, Content | None], *, protected: list[str],
@@ -103,33 +126,64 @@ def judge(task: Task, changes: list[Change], candidate: dict[str, Content | None
     return Verdict(tuple(changes), candidate, violation, tuple(outside))
 
 
-def check_sandbox(task: Task, sandbox: Path, before: Manifest, after: Manifest,
-                  baseline: Mapping[str, Content], rootdir: Path) -> Verdict:
-    """Judge a mutator's work: every path whose state moved is a change unless its bytes are as before. Protected
-    files are compared by content whatever their state says: (size, mtime) is the mutator's to forge (a same-size
-    rewrite with its mtime put back), and they are few."""
-    touched = [rel for rel in sorted(set(before) | set(after))
-               if before.get(rel) != after.get(rel) or task.is_protected(rel)]
+def check_sandbox(task: Task, sandbox: Path, before: Manifest, after: Manifest, digests: Digests,
+                  baseline: Mapping[str, Content], rootdir: Path, never_copied: Iterable[Path] = ()) -> Verdict:
+    """Judge a mutator's work by content: (size, mtime) is the mutator's to forge (a same-size rewrite with its
+    mtime put back), bytes are not. Every path outside the artifacts (protected files included) is compared with
+    the content hash taken while it was copied in (`digests`): a change of size or kind needs no reading, a
+    file of the same size is hashed a chunk at a time. Changed artifacts are read only once their sizes, by
+    stat, are within mutation.max_bytes, so a huge file is rejected unread."""
     protected, escaping, outside = [], [], []
-    candidate_artifacts = dict(baseline)
-    for rel in touched:
-        new = read_content(sandbox, rel) if rel in after else None
+    changed_artifacts = []
+    for rel in sorted(set(before) | set(after)):
+        old, new = before.get(rel), after.get(rel)
         if task.is_artifact(rel):
-            if new is None:
-                candidate_artifacts.pop(rel, None)
-            else:
-                candidate_artifacts[rel] = new
-        elif new is not None and new == read_content(rootdir, rel):
-            continue  # touched (mtime moved) but byte-identical to the repository
-        elif task.is_protected(rel):
-            protected.append(rel)
-        else:
-            outside.append(rel)
-        if isinstance(new, Link) and escapes(sandbox, rel, new):
+            # an artifact that keeps its (size, mtime) is the baseline's: even if forged, those bytes are not the
+            # candidate's, and the runner scores a fresh copy made of the candidate as read here
+            if old != new:
+                changed_artifacts.append(rel)
+            continue
+        if old == new if isinstance(new, Link) else _same_file(sandbox / rel, old, new, digests.get(rel)):
+            continue
+        (protected if task.is_protected(rel) else outside).append(rel)
+    if (too_large := _over_max_bytes(task, after, changed_artifacts)) is not None:
+        return Verdict((), {}, too_large)
+    candidate_artifacts = dict(baseline)
+    for rel in changed_artifacts:
+        content = read_content(sandbox, rel, limit=task.max_bytes)
+        if content is None:
+            candidate_artifacts.pop(rel, None)
+            continue
+        if isinstance(content, bytes) and len(content) > task.max_bytes:  # grew after its stat
+            return Verdict((), {}, f"{rel}: more than mutation.max_bytes {task.max_bytes:,} bytes")
+        candidate_artifacts[rel] = content
+        if isinstance(content, Link) and escapes(rootdir, rel, content, never_copied):
             escaping.append(rel)
     changes = diff_artifacts(baseline, candidate_artifacts)
     new_content = {c.path: candidate_artifacts.get(c.path) for c in changes}
     return judge(task, changes, new_content, protected=protected, escaping=escaping, outside=outside)
+
+
+def _same_file(path: Path, old: FileState | None, new: FileState | None, digest: bytes | None) -> bool:
+    """Whether a file outside the artifacts holds the bytes it was copied in with."""
+    if old is None or new is None or isinstance(old, Link) or isinstance(new, Link):
+        return False  # added, deleted, or a file that became a link or the reverse
+    if old[0] != new[0]:
+        return False  # another size: changed, and nothing to read
+    return digest is not None and file_digest(path) == digest
+
+
+def _over_max_bytes(task: Task, after: Manifest, changed: list[str]) -> str | None:
+    """The rejection reason when the changed artifact files, by their stat sizes, hold more than max_bytes."""
+    sizes = {rel: state[0] for rel in changed
+             if (state := after.get(rel)) is not None and not isinstance(state, Link)}
+    total = sum(sizes.values())
+    if total <= task.max_bytes:
+        return None
+    largest = sorted(sizes, key=lambda rel: -sizes[rel])
+    named = ", ".join(f"{rel} ({sizes[rel]:,})" for rel in largest[:SHOWN_PATHS])
+    more = f" (+{len(largest) - SHOWN_PATHS} more)" if len(largest) > SHOWN_PATHS else ""
+    return f"{total:,} bytes in changed files > mutation.max_bytes {task.max_bytes:,}: {named}{more}"
 
 
 def enforce(verdict: Verdict) -> Verdict:

@@ -22,7 +22,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -30,15 +30,14 @@ from typing import Any
 from filelock import FileLock
 
 from .attempt import Attempt
-from .baseline import baseline_scores, recorded_scores
-from .candidate import MutatorSource
+from .baseline import append_baseline, baseline_scores, recorded_scores
 from .engine import Engine
 from .errors import Crashed, EngineError
 from .files import write_atomic
 from .iteration import attempt_offsite
 from .process import run_logged
 from .results import Record
-from .sandbox import Link, copy_tree, hash_contents, scan
+from .sandbox import Link, copy_tree, hash_contents, read_contents, scan
 from .scratch import new_scratch
 from .storage import Storage
 from .task import Task, load_task
@@ -118,9 +117,9 @@ class Result:
     attempt: dict[str, Any] | None
     log: bytes
     diff: bytes | None
-    baselines: list[dict[str, Any]]  # baseline records the node appended
-    baseline_runs: dict[str, str]  # their saved runs, {name: JSON}
-    baseline_logs: dict[str, bytes]  # {file name: content}
+    baseline: dict[str, Any] | None  # the record of a baseline the node scored, for the session to append
+    baseline_runs: dict[str, str]  # its saved runs, {name: JSON}
+    baseline_logs: dict[str, bytes]  # its runs' logs, {file name: content}
 
 
 # ----------------------------------------------------------------------------
@@ -148,7 +147,7 @@ def attempt_in_child(order: Order, tar: bytes, node: str) -> Result:
                               started_at=_now(), worker="ray", log=None, status="crash",
                               reason=f"internal error on node {node}: the attempt's process exited with code {code}"
                                      f": {last}", node=node)
-            return Result(None if order.baseline_only else attempt.to_data(), output, None, [], {}, {})
+            return Result(None if order.baseline_only else attempt.to_data(), output, None, None, {}, {})
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
@@ -171,9 +170,11 @@ def attempt_on_node(order: Order, tar: bytes, node: str) -> Result:
             archive.extractall(folder, **({"filter": "tar"} if hasattr(tarfile, "tar_filter") else {}))
         task = load_task(root / order.task_file, root)
         engine = Engine(rootdir=root, storage=storage, worker="ray", commit=False)
-        # the session's records as they are, line for line: the steps read baseline scores and noise from them
+        # the session's records, signed again with the private storage's key (it reads only what it signed):
+        # the steps read baseline scores, pooled noise and the commands' export of the history from them
         storage.results.path.parent.mkdir(parents=True, exist_ok=True)
-        storage.results.path.write_text("".join(json.dumps(r) + "\n" for r in order.records), encoding="utf-8")
+        storage.results.path.write_text("".join(storage.results.signer.sign(json.dumps(r, allow_nan=False)) + "\n"
+                                                for r in order.records), encoding="utf-8")
         runs_folder = storage.results.baseline_runs / task.name / order.baseline_hash
         runs_folder.mkdir(parents=True, exist_ok=True)
         for name, text in order.baseline_runs.items():  # early-stop curves; runs of a half-scored baseline
@@ -181,31 +182,34 @@ def attempt_on_node(order: Order, tar: bytes, node: str) -> Result:
         if (failure := _setup(task, node)) is not None:
             reason, output = failure
             attempt = lost_attempt(task, order.iteration, "crash", reason, node)
-            return Result(None if order.baseline_only else attempt.to_data(), output, None, [], {}, {})
-        attempt = None
+            return Result(None if order.baseline_only else attempt.to_data(), output, None, None, {}, {})
         if order.baseline_only:
-            _score_baseline(engine, task, Path(folder) / "scratch")
+            attempt, baseline = None, _score_baseline(engine, task, Path(folder) / "scratch")
         else:
             attempt = replace(attempt_offsite(engine, task, order.iteration, order.description), node=node)
-        new = [r for r in storage.results.records()[len(order.records):] if r.get("status") == "baseline"]
-        runs = {p.name: p.read_text(encoding="utf-8") for p in sorted(runs_folder.glob("*.json"))} if new else {}
-        logs = {p.name: p.read_bytes() for p in (storage.logs_dir / task.name).glob("baseline-*.log")} if new else {}
+            baseline = attempt.new_baseline
+        runs = {p.name: p.read_text(encoding="utf-8") for p in sorted(runs_folder.glob("*.json"))} if baseline else {}
+        logs = ({p.name: p.read_bytes() for p in (storage.logs_dir / task.name).glob("baseline-*.log")}
+                if baseline else {})
         log = Path(attempt.log) if attempt is not None and attempt.log and os.path.isabs(attempt.log) else None
         diff = log.with_suffix(".diff") if log is not None else None
         return Result(attempt.to_data() if attempt is not None else None,
                       log.read_bytes() if log and log.is_file() else b"",
-                      diff.read_bytes() if diff and diff.is_file() else None, new, runs, logs)
+                      diff.read_bytes() if diff and diff.is_file() else None, baseline, runs, logs)
 
 
-def _score_baseline(engine: Engine, task: Task, scratch: Path) -> None:
-    """Score the snapshot's baseline alone (its record lands in the private storage); a failed run is left to the
-    iterations to meet and record, as they would locally."""
-    scratch.mkdir()
-    start = MutatorSource(engine, task, scratch).start()
+def _score_baseline(engine: Engine, task: Task, scratch: Path) -> dict[str, Any] | None:
+    """Score the snapshot's baseline alone and return its record, for the session to append; None when a run
+    failed: that is left to the iterations to meet and record, as they would locally."""
+    sandbox = scratch / "sandbox"
+    manifest = copy_tree(engine.rootdir, sandbox, engine.storage_in_tree)
+    baseline = read_contents(sandbox, [rel for rel in manifest if task.is_artifact(rel)])
     try:  # Ray's CUDA_VISIBLE_DEVICES is in the environment the runner inherits
-        baseline_scores(engine, task, start.baseline_hash, start.sandbox, start.baseline, scratch, {}, _now())
+        _, record = baseline_scores(engine, task, hash_contents(baseline), sandbox, baseline, scratch, {}, _now(),
+                                    record_here=False)
     except Crashed:
-        pass
+        return None
+    return asdict(record) if record is not None else None
 
 
 def _setup(task: Task, node: str) -> tuple[str, bytes] | None:
@@ -235,40 +239,43 @@ def _setup(task: Task, node: str) -> tuple[str, bytes] | None:
 # Back on the controller
 
 def receive(engine: Engine, task: Task, result: Result, node: str) -> Attempt | None:
-    """File a node's result into the storage (its log and diff, as the iteration's; a baseline it scored, recorded
-    once even when two nodes scored it) and return the attempt, ready for Landing.land (None: a baseline order)."""
-    receive_baselines(engine, task, result, node)
+    """File a node's result into the storage (its log and diff, as the iteration's; a baseline's logs and saved
+    runs) and return the attempt, ready for Landing.land, which appends a baseline it scored before it; for a
+    baseline order, append that baseline here (once per content, whoever scored it) and return None."""
+    baseline = _file_baseline(engine, task, result, node)
     if result.attempt is None:
+        if baseline is not None:
+            append_baseline(engine, task, Record(**baseline))
         return None
     attempt = Attempt.from_data(result.attempt)
     log = engine.storage.iteration_log(task.name, attempt.iteration)
     log.write_bytes(result.log)
     if result.diff is not None:
         log.with_suffix(".diff").write_bytes(result.diff)
-    return replace(attempt, task_file=str(task.path), log=engine.shown(log))
+    return replace(attempt, task_file=str(task.path), log=engine.shown(log), new_baseline=baseline)
 
 
-def receive_baselines(engine: Engine, task: Task, result: Result, node: str) -> None:
-    """Record the baselines a node scored, with their logs and saved runs, unless scores of the same content made
-    it first (two orders can score one baseline: after a failed baseline order, every iteration tries it)."""
-    for record in result.baselines:
-        content_hash = str(record["baseline_hash"])
-        with engine.storage.lock(f"baseline-{task.name}-{content_hash}"):
-            if len(recorded_scores(engine, task, content_hash)) >= task.policy.baseline_runs:
-                continue
-            folder = engine.storage.results.baseline_runs / task.name / content_hash
-            folder.mkdir(parents=True, exist_ok=True)
-            for name, text in result.baseline_runs.items():
-                write_atomic(folder / name, text)
-            shown = {}
-            for name, content in result.baseline_logs.items():
-                if name.startswith(f"baseline-{content_hash}"):
-                    path = engine.storage.baseline_log(task.name, name[:-len(".log")])
-                    path.write_bytes(content)
-                    shown[name] = engine.shown(path)
-            name = Path(str(record.get("log") or "")).name
-            engine.storage.results.append(Record(**{**record, "log": shown.get(name, record.get("log")),
-                                                    "worker": "ray", "node": node}))
+def _file_baseline(engine: Engine, task: Task, result: Result, node: str) -> dict[str, Any] | None:
+    """The logs and saved runs of the baseline a node scored, written into the storage; its record, naming them
+    and the node, or None when there is none (or its scores made it to the record first)."""
+    record = result.baseline
+    if record is None:
+        return None
+    content_hash = str(record["baseline_hash"])
+    if len(recorded_scores(engine, task, content_hash)) >= task.policy.baseline_runs:
+        return None  # another node's scores of the same content are on record already
+    folder = engine.storage.results.baseline_runs / task.name / content_hash
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, text in result.baseline_runs.items():
+        write_atomic(folder / name, text)
+    shown = {}
+    for name, content in result.baseline_logs.items():
+        if name.startswith(f"baseline-{content_hash}"):
+            path = engine.storage.baseline_log(task.name, name[:-len(".log")])
+            path.write_bytes(content)
+            shown[name] = engine.shown(path)
+    log = shown.get(Path(str(record.get("log") or "")).name, record.get("log"))
+    return {**record, "log": log, "worker": "ray", "node": node}
 
 
 def lost_attempt(task: Task, iteration: int, status: str, reason: str, node: str | None,

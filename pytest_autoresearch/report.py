@@ -22,6 +22,7 @@ from pathlib import Path
 from .files import write_atomic
 from .noise import task_noise
 from .results import STATUSES, read_records
+from .signatures import Signer
 
 FIG_WIDTH_IN, TASK_HEIGHT_IN, DPI = 14, 5, 100
 # The upstream's results.tsv knows keep/discard/crash; its first row is the baseline, logged as keep.
@@ -35,10 +36,14 @@ LABEL_CHARS = 45
 # ---------------------------------------------------------------------------
 
 def load_records(path: Path) -> list[dict]:
-    """Every JSON object line of the file; other lines are skipped with a warning naming file:line."""
+    """Every record the engine wrote (signatures.py; all JSON objects when the file has no key beside it); other
+    lines are skipped with a warning naming file:line."""
     def warn(number: int, line: str) -> None:
         print(f"report: warning: {path}:{number}: skipped, not a JSON object", file=sys.stderr)
-    return read_records(path, on_bad_line=warn)
+
+    def forged(number: int, line: str) -> None:
+        print(f"report: warning: {path}:{number}: skipped, a record the engine did not write", file=sys.stderr)
+    return read_records(path, on_bad_line=warn, signer=Signer(path, create=False), on_forged=forged)
 
 
 def _number(value: object) -> float | None:

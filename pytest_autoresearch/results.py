@@ -7,7 +7,7 @@ import os
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +15,7 @@ from filelock import FileLock
 
 from .errors import StorageUnwritable, describe, naming
 from .files import temp_prefix, write_atomic
+from .signatures import Signer, verified
 
 STATUSES = ("baseline", "keep", "discard", "crash", "rejected", "interrupted")
 
@@ -47,6 +48,7 @@ class Record:
     statistic: dict[str, Any] | None = None
     gpu_wait_s: float = 0.0  # time spent waiting for a free GPU (more workers than GPUs)
     baseline_from: str | None = None  # workspace mode: "git HEAD <sha>" when a new commit reset the baseline
+    session: str = ""  # the pytest run that appended it (ResultsStore stamps it): each summary counts its own
     node: str | None = None  # the Ray node that made the attempt ("<ip>/<node id>"); None: this machine
 
     def to_json(self) -> str:
@@ -59,37 +61,55 @@ def mean(scores: list[float]) -> float | None:
 
 
 def read_records(path: Path, task: str | None = None,
-                 on_bad_line: Callable[[int, str], None] | None = None) -> list[dict[str, Any]]:
+                 on_bad_line: Callable[[int, str], None] | None = None,
+                 signer: Signer | None = None, on_forged: Callable[[int, str], None] | None = None
+                 ) -> list[dict[str, Any]]:
     """The JSON objects of results.jsonl (of `task` only, if given); [] for a missing file. Every other
     non-blank line (torn, hand-edited, not an object) is skipped and, if given, passed to on_bad_line with
-    its 1-based number."""
+    its 1-based number. With a signer, only the records the engine wrote count: any other line is passed to
+    on_forged (see signatures.py)."""
+    return [json.loads(body) for body in _record_lines(path, task, on_bad_line, signer, on_forged)]
+
+
+def _record_lines(path: Path, task: str | None, on_bad_line: Callable[[int, str], None] | None,
+                  signer: Signer | None, on_forged: Callable[[int, str], None] | None) -> list[bytes]:
+    """The text of each record read_records returns, its signature left out."""
     try:
-        text = Path(path).read_text(encoding="utf-8", errors="replace")
+        data = Path(path).read_bytes()
     except FileNotFoundError:
         return []
-    out = []
-    for number, line in enumerate(text.split("\n"), 1):  # "\n" only: U+2028 may sit inside a JSON string
+    key = signer.key() if signer is not None else None
+    seen: set[bytes] = set()
+    out, offset = [], 0
+    for number, line in enumerate(data.split(b"\n"), 1):  # "\n" only: U+2028 may sit inside a JSON string
+        at, offset = offset, offset + len(line) + 1
         if not line.strip():
             continue
         try:
-            record = json.loads(line)
+            record = json.loads(line.decode("utf-8", errors="replace"))
         except json.JSONDecodeError:
             record = None
+        shown = line[:200].decode("utf-8", errors="replace")
         if not isinstance(record, dict):
             if on_bad_line is not None:
-                on_bad_line(number, line)
+                on_bad_line(number, shown)
+        elif (body := verified(key, at, line, seen)) is None:
+            if on_forged is not None:
+                on_forged(number, shown)
         elif task is None or record.get("task") == task:
-            out.append(record)
+            out.append(body)
     return out
 
 
 class ResultsStore:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, session: str = "") -> None:
         self.path = Path(path)
+        self.session = session  # stamped on each record appended
         self.lock = FileLock(str(self.path) + ".lock")
         self.counters = Path(str(self.path) + ".next.json")  # iteration numbers handed out but not yet recorded
         self.heads_path = Path(str(self.path) + ".heads.json")  # each task's workspace state after its last keep
         self.baseline_runs = Path(str(self.path) + ".baseline-runs")  # finished runs of baselines being scored
+        self.signer = Signer(self.path)  # its key: <results>.key
         self.warned: set[int] = set()  # line numbers already warned about
 
     def check_writable(self) -> None:
@@ -103,13 +123,16 @@ class ResultsStore:
             with naming(self.path.parent, instead=True):  # state files are created beside the results file
                 probe.write_bytes(b"")
                 probe.unlink()
+            with self.lock:  # the key, before any command runs: what the file holds now is the engine's
+                self.signer.key()
 
     def append(self, record: Record) -> None:
         """Append one whole line. A process killed mid-write (SIGKILL, power loss) can leave a torn last
         line; the next append then starts on a fresh line so that only the torn one is lost."""
-        line = record.to_json() + "\n"
+        if self.session and not record.session:
+            record = replace(record, session=self.session)
         with _writing(self.path):
-            self._append(line)
+            self._append(self.signer.sign(record.to_json()) + "\n")
 
     def _append(self, line: str) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -124,13 +147,29 @@ class ResultsStore:
             os.fsync(f.fileno())
 
     def records(self, task: str | None = None) -> list[dict[str, Any]]:
-        return read_records(self.path, task, on_bad_line=self._warn_once)
+        """The records the engine wrote (of `task` only, if given)."""
+        return read_records(self.path, task, self._warn_torn, self.signer, self._warn_forged)
 
-    def _warn_once(self, number: int, line: str) -> None:
-        if number not in self.warned:  # a torn line from a killed writer
+    def export(self, dest: Path) -> None:
+        """The records the engine wrote, as JSONL without their signatures, in a read-only file of their own:
+        what a mutator or runner gets as AUTORESEARCH_RESULTS, never the live file."""
+        lines = _record_lines(self.path, None, None, self.signer, None)
+        with naming(dest):
+            dest.write_bytes(b"".join(line + b"\n" for line in lines))
+            os.chmod(dest, 0o444)
+
+    def _warn_torn(self, number: int, line: str) -> None:
+        self._warn_once(number, f"skipping a line that is not a whole JSON record (a writer killed mid-line?): "
+                                f"{line[:60]!r}")
+
+    def _warn_forged(self, number: int, line: str) -> None:
+        self._warn_once(number, f"ignoring a record the engine did not write (no valid signature: written by a "
+                                f"command or by hand, or copied): {line[:60]!r}")
+
+    def _warn_once(self, number: int, message: str) -> None:
+        if number not in self.warned:
             self.warned.add(number)
-            warnings.warn(f"{self.path}:{number}: skipping a line that is not a whole JSON record "
-                          f"(a writer killed mid-line?): {line[:60]!r}", stacklevel=4)  # at records()'s caller
+            warnings.warn(f"{self.path}:{number}: {message}", stacklevel=6)  # at records()'s caller
 
     def scores_for(self, task: str, content_hash: str, reuse_kept: bool = True) -> list[float]:
         """Scores already measured for this artifact content: a baseline record's, else (reuse_kept) a kept

@@ -60,7 +60,7 @@ def score_once(task: Task, sandbox: Path, env: Mapping[str, str], log: BinaryIO,
         return found is not None
 
     result = run_logged(task.runner_command, sandbox, env, task.runner_timeout, log,
-                        command_wrapper(task.runner_isolation, task.rootdir, sandbox, hidden),
+                        command_wrapper(task.runner_isolation, task.rootdir, sandbox, hidden, env=env),
                         watch if watcher is not None else None)
     rule = task.policy.early_stop
     curve = tuple(p for line in result.stdout.splitlines() if (p := rule.point(line))) if rule else ()

@@ -3,6 +3,7 @@ sees these hooks. Collects task.yaml files, labels outcomes (KEPT / DISCARDED), 
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,9 @@ TASK_FILE = "task.yaml"
 TASK_DIR = "experiments"  # where tasks live, below the folder they run in
 SESSION_PLUGIN_NAME = "autoresearch-session"
 REPORT_FILES = ("report.md", "progress.png", "results.tsv")  # what `python -m pytest_autoresearch.report` writes
+# an xdist loop iteration's failing verdict, which passes its report: (the summary's category, the letter); an
+# interrupted iteration sends no report (its worker lands it and stops)
+LOOP_LABELS = {"crash": ("crashed", "C"), "rejected": ("rejected", "R")}
 
 
 @dataclass(frozen=True)
@@ -104,7 +108,10 @@ class AutoresearchSession:
         self.config = config
         self.options = options
         worker = getattr(config, "workerinput", {}).get("workerid", "main")
-        self.engine = Engine(rootdir=options.rootdir, storage=Storage(options.storage, options.results),
+        # one id for the run, the controller's, stamped on every record: the summary counts this run's only
+        self.session_id = getattr(config, "workerinput", {}).get("autoresearch_session") or uuid.uuid4().hex[:12]
+        self.engine = Engine(rootdir=options.rootdir, storage=Storage(options.storage, options.results,
+                                                                      self.session_id),
                              worker=worker, commit=options.commit)
         try:  # before anything runs: an iteration that cannot be recorded must not start
             self.engine.storage.results.check_writable()
@@ -120,6 +127,10 @@ class AutoresearchSession:
         self.interrupted: str | None = None
         self.tasks: dict[str, Task] = {}  # the controller's own reading of the tasks whose attempts it lands
         self.landed: dict[str, list[tuple[str, object]]] = {}  # nodeid -> its record's properties, until teardown
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_configure_node(self, node) -> None:  # xdist, on the controller: its workers share its session id
+        node.workerinput["autoresearch_session"] = self.session_id
 
     def pytest_report_header(self, config: pytest.Config) -> str:
         return f"autoresearch: tasks run in {self.options.rootdir} ({self.options.rootdir_why})"
@@ -165,7 +176,12 @@ class AutoresearchSession:
 
     # ------------------------------------------------------------------------
     # Deciding (on the xdist controller): a worker's attempt is decided, applied, committed and recorded here,
-    # before any other plugin sees its report, so labels, failures and JUnit XML show the verdict
+    # before any other plugin sees its report, so labels, failures and JUnit XML show the verdict. A finite
+    # item's attempt comes in its call report, which the verdict may fail. An endless loop's iterations come
+    # in extra call reports of the loop item, one each (xdist forwards a report only under the nodeid of the
+    # item the worker runs): each is labelled with its verdict (K, D, or its status: a crash is C and counted
+    # as "crashed") and passes, as a lone crash does not fail a loop; the loop item's own call report passes
+    # or fails as the loop ended, and its JUnit XML test case has the properties of its last iteration.
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
@@ -184,7 +200,9 @@ class AutoresearchSession:
             pytest.exit(f"autoresearch: stopped: {e}; nothing was applied")
         report.autoresearch = _outcome(record)
         report.user_properties = [*report.user_properties, *properties(record)]
-        self.landed[report.nodeid] = properties(record)
+        self.landed[report.nodeid] = properties(record)  # a loop's: its latest iteration's
+        if getattr(report, "autoresearch_loop_iteration", False):
+            return
         failure = verdict_failure(self.options.rootdir, record, self.options.fail_on_discard)
         if report.passed and failure is not None:
             report.outcome = "failed"
@@ -200,6 +218,9 @@ class AutoresearchSession:
             shown += f" ({score - base:+.4g} vs {base:.6g})"
         if report.failed:
             return "failed", "F", (f"{status.upper()}{shown}", {"red": True})
+        if getattr(report, "autoresearch_loop_iteration", False) and status in LOOP_LABELS:
+            category, letter = LOOP_LABELS[status]
+            return category, letter, (f"{status.upper()}{shown}", {"red": True})
         if status == "keep":
             return "kept", "K", (f"KEPT{shown}", {"green": True})
         return "discarded", "D", (f"DISCARDED{shown}", {"yellow": True})
@@ -207,7 +228,7 @@ class AutoresearchSession:
     def summaries(self) -> dict[str, TaskSummary]:
         summaries: dict[str, TaskSummary] = {}
         records = [r for r in self.engine.storage.results.records()
-                   if r.get("status") != "baseline" and int(r.get("iteration", 0)) > self.since.get(r.get("task"), 0)]
+                   if r.get("status") != "baseline" and r.get("session") == self.session_id]
         for record in sorted(records, key=lambda r: (r["task"], r["iteration"])):
             summaries.setdefault(record["task"], TaskSummary()).add(record)
         return summaries

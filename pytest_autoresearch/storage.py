@@ -23,9 +23,9 @@ ITERATION_LOG = re.compile(r"^(\d+)\.log$")
 
 
 class Storage:
-    def __init__(self, root: Path, results: Path | None = None) -> None:
+    def __init__(self, root: Path, results: Path | None = None, session: str = "") -> None:
         self.root = Path(root)
-        self.results = ResultsStore(results if results is not None else self.root / RESULTS_NAME)
+        self.results = ResultsStore(results if results is not None else self.root / RESULTS_NAME, session)
         self.state_dir = self.root / "autoresearch"  # locks, workspace baselines, journals
         self.logs_dir = self.root / "logs"  # <task>/<iteration>.log and .diff, baseline logs
 

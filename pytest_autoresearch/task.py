@@ -28,13 +28,16 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # task names become folde
 TOP_KEYS = ("name", "description", "artifacts", "protected", "mutation", "mutator", "runner", "scorer", "policy",
             "setup")
 REQUIRED_TOP_KEYS = ("artifacts", "mutator", "runner", "scorer")
-MUTATION_KEYS = ("max_files", "max_lines")
+MUTATION_KEYS = ("max_files", "max_lines", "max_bytes")
 MUTATOR_KEYS = ("command", "timeout", "prompt", "isolation", "network", "hparams")
 RUNNER_KEYS = ("command", "timeout", "gpus", "isolation", "network")
 SETUP_KEYS = ("command", "timeout")  # prepares a Ray node once (ray_executor.py); the local executor leaves it to you
 DEFAULT_MUTATOR_TIMEOUT = 300.0
 DEFAULT_RUNNER_TIMEOUT = 600.0
 DEFAULT_SETUP_TIMEOUT = 3600.0
+# a candidate's changed files, all together: room for any source file (train.py is ~30 kB), while what is read
+# and diffed stays far below the memory of a small machine (a 2 GB artifact once drove pytest to 8.2 GB RSS)
+DEFAULT_MAX_BYTES = 8 * 1024 * 1024
 MAX_TIMEOUT_S = 7 * 24 * 3600.0  # a week: past it a timeout is a typo, and the OS's timers overflow near 1e300
 
 
@@ -52,6 +55,7 @@ class Task:
     protected: tuple[str, ...]
     max_files: int | None  # None: no limit
     max_lines: int | None
+    max_bytes: int  # most bytes the changed artifact files may hold, all together (never unlimited)
     mutator_command: str | None  # None: workspace mode
     mutator_timeout: float
     prompt: Path | None  # mutator.prompt, resolved; None: program.md beside the task or at the root, if any
@@ -122,7 +126,8 @@ def glob_regex(glob: str) -> re.Pattern[str]:
             else:
                 out.append(re.escape(pattern[i]))
                 i += 1
-        _GLOB_CACHE[glob] = re.compile("".join(out) + r"\Z")
+        # DOTALL: a file name may hold a newline, and `**` must still cover it (else `data/` would miss it)
+        _GLOB_CACHE[glob] = re.compile("".join(out) + r"\Z", re.DOTALL)
     return _GLOB_CACHE[glob]
 
 
@@ -173,6 +178,9 @@ def load_task(path: Path, rootdir: Path) -> Task:
     mutation = _mapping(data.get("mutation", {}), "mutation", MUTATION_KEYS, fail)
     max_files = _number(mutation, "max_files", None, "mutation", fail, integer=True)
     max_lines = _number(mutation, "max_lines", None, "mutation", fail, integer=True)
+    max_bytes = mutation.get("max_bytes", DEFAULT_MAX_BYTES)
+    if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1:
+        raise fail("mutation.max_bytes", f"must be an integer >= 1 (bytes; there is no unlimited), got {max_bytes!r}")
 
     mutator = data["mutator"]
     prompt, mutator_isolation = None, None
@@ -228,7 +236,7 @@ def load_task(path: Path, rootdir: Path) -> Task:
         raise fail(key if key.startswith("policy") else "policy", rest if key.startswith("policy") else message) from None
 
     return Task(name=name, description=description, path=path, rootdir=rootdir, artifacts=artifacts,
-                protected=protected, max_files=max_files, max_lines=max_lines, mutator_command=mutator_command,
+                protected=protected, max_files=max_files, max_lines=max_lines, max_bytes=max_bytes, mutator_command=mutator_command,
                 mutator_timeout=mutator_timeout, prompt=prompt, runner_command=runner_command,
                 runner_timeout=runner_timeout, gpus=gpus, metric=scorer.metric, scorer=scorer, constraints=constraints,
                 direction=direction, policy=policy, mutator_isolation=mutator_isolation,

@@ -52,6 +52,26 @@ def flex_as_in_the_model(block_mask, qk_norm, prologue_fusion=True):
     return run
 
 
+def model_attention_path(block_mask, cos, sin, contiguous, prologue_fusion=True):
+    """train.py's whole path around the S layers' attention, from the projections' (B, T, H, D) memory: rotary,
+    QK-norm, flex, and the output reshaped for c_proj. With `contiguous`, q, k, v are laid out (B, H, T, D)
+    before flex (the norm's kernel writes them so), which may stop Inductor fusing the norm in as a prologue."""
+    def attend(q, k, v):
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # back to the projections' views
+        q, k = train.norm(train.apply_rotary(q, cos, sin)), train.norm(train.apply_rotary(k, cos, sin))
+        q, k, v = q.to(v.dtype).transpose(1, 2), k.to(v.dtype).transpose(1, 2), v.transpose(1, 2)
+        if contiguous:
+            q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+        y = flex_attention(q, k, v, block_mask=block_mask).transpose(1, 2).reshape(B, T, H * D)
+        return y.view(B, T, H, D).transpose(1, 2)
+    compiled = torch.compile(attend, dynamic=False)
+
+    def run(q, k, v):
+        with torch._inductor.config.patch(prologue_fusion=prologue_fusion):
+            return compiled(q, k, v)
+    return run
+
+
 def masked_sdpa(backends, mask):
     def attend(q, k, v):
         with sdpa_kernel(backends):
@@ -103,12 +123,20 @@ def main():
 
     reference_out, reference_grad = run(flex_method(block_mask))
     cudnn = [SDPBackend.CUDNN_ATTENTION]
+    angles = torch.outer(torch.arange(T, device=device).float(), 1e-4 ** (torch.arange(D // 2, device=device) / (D // 2)))
+    cos, sin = (f(angles).bfloat16()[None, :, None, :] for f in (torch.cos, torch.sin))
     methods = {
         "flex (default kernel options)": flex_method(block_mask),
         "flex on (B, T, H, D) memory, as in the model": in_model_layout(flex_as_in_the_model(block_mask, False)),
         "flex on (B, T, H, D) memory + QK-norm, prologue fusion on": in_model_layout(flex_as_in_the_model(block_mask, True)),
         "flex on (B, T, H, D) memory + QK-norm, prologue fusion off": in_model_layout(
             flex_as_in_the_model(block_mask, True, prologue_fusion=False)),
+        "model path: rotary + QK-norm + flex + reshape, as train.py": in_model_layout(
+            model_attention_path(block_mask, cos, sin, contiguous=False)),
+        "model path, q k v made contiguous (B, H, T, D) before flex": in_model_layout(
+            model_attention_path(block_mask, cos, sin, contiguous=True)),
+        "model path, prologue fusion off": in_model_layout(
+            model_attention_path(block_mask, cos, sin, contiguous=False, prologue_fusion=False)),
         "flex fwd 128x128": flex_method(block_mask, {"fwd_BLOCK_M": 128, "fwd_BLOCK_N": 128, "fwd_num_warps": 8}),
         "sdpa cudnn + band mask": masked_sdpa(cudnn, mask),
         "halves: cudnn causal + cudnn masked": split_halves(cudnn, second_half_mask),

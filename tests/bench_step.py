@@ -2,9 +2,13 @@
 
 Prints greppable lines: the steady-state step time and tokens/s, the optimizer update compiled against eager,
 and where a step's GPU time goes, by kind of kernel. Usage: python tests/bench_step.py  (data from prepare.py)
+BENCH_INDUCTOR="prologue_fusion=False,coordinate_descent_tuning=True" sets Inductor options for the whole step
+(values are Python literals), to try them without editing train.py.
 """
 
+import ast
 import collections
+import os
 import re
 import time
 
@@ -30,7 +34,16 @@ def kind_of(name):
     return next((kind for kind, pattern in KINDS if re.search(pattern, name, re.I)), "other")
 
 
+def patch_inductor(spec):
+    import torch._inductor.config as inductor
+    for item in filter(None, spec.split(",")):
+        key, _, value = item.partition("=")
+        inductor.__setattr__(key.strip(), ast.literal_eval(value.strip()))
+        print(f"inductor: {key.strip()} = {getattr(inductor, key.strip())!r}")
+
+
 def main():
+    patch_inductor(os.environ.get("BENCH_INDUCTOR", ""))
     run = train.set_up()
     loader = train.prefetch(train.make_dataloader(run.tokenizer, train.DEVICE_BATCH_SIZE, train.MAX_SEQ_LEN, "train"))
     x, y, _ = next(loader)
@@ -78,7 +91,8 @@ def main():
     tok_s = train.TOTAL_BATCH_SIZE / dt
     peak = train.peak_flops(run.device)
     mfu = 100 * model.flops_per_token() * tok_s / peak if peak else 0.0
-    print(f"step_ms: {1000 * dt:.1f} | tok/s: {tok_s:,.0f} | mfu: {mfu:.1f}%")
+    print(f"step_ms: {1000 * dt:.1f} | tok/s: {tok_s:,.0f} | mfu: {mfu:.1f}% | "
+          f"peak_vram_mb: {torch.cuda.max_memory_allocated() / 2**20:,.0f}")
 
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         for _ in range(PROFILED_STEPS):

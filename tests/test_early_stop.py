@@ -1,12 +1,13 @@
 """policy.early_stop's rule (issue 12): a run clearly worse than the baseline's curves at the same progress is
 stopped, one that would have been kept almost never is. Synthetic curves with train.py's shape, and the real
-H200 curves of tests/data/curves/ (three seeds of the default train.py, 100 s)."""
+H200 curves of tests/data/curves/ (three seeds of the default train.py and four one-change candidates, 100 s)."""
 
 from __future__ import annotations
 
 import math
 import os
 import random
+import re
 from pathlib import Path
 
 import pytest
@@ -36,7 +37,7 @@ def real_curve(name: str):
 
 def test_the_real_h200_curves_parse_and_no_seed_is_stopped_against_the_other_two():
     rule = build(TRAIN_PY)
-    curves = {name.name: real_curve(name.name) for name in sorted(CURVES.glob("h200-100s-*.txt"))}
+    curves = {name.name: real_curve(name.name) for name in sorted(CURVES.glob("h200-100s-seed*.txt"))}
     assert len(curves) == 3 and all(len(c) >= 30 and c[-1][0] > 95 for c in curves.values())
     for name, curve in curves.items():
         others = [c for n, c in curves.items() if n != name]
@@ -47,6 +48,25 @@ def test_the_real_h200_curves_parse_and_no_seed_is_stopped_against_the_other_two
         worse = [(p, v + (0.4 if p >= 10 else 0.0)) for p, v in curve]
         evidence = first_stop(rule, others, lines(worse))
         assert evidence is not None and evidence["progress"] < 40, name
+
+
+def val_bpb(name: str) -> float:
+    """The val_bpb its run ended with, from the curve file's header line."""
+    return float(re.search(r"val_bpb ([\d.]+)", (CURVES / name).read_text().partition("\n")[0])[1])
+
+
+def test_no_real_h200_candidate_that_beat_the_baseline_is_stopped_against_its_three_seeds():
+    # Four one-change candidates of train.py (BENCHMARKS.md §8): two ended better than every baseline seed
+    # (TOTAL_BATCH_SIZE 2**18, MATRIX_LR 0.08), two worse (MATRIX_LR 0.02, DEPTH 6). A keeper must run on.
+    rule = build(TRAIN_PY)
+    seeds = sorted(CURVES.glob("h200-100s-seed*.txt"))
+    candidates = sorted(CURVES.glob("h200-100s-cand-*.txt"))
+    assert len(seeds) == 3 and len(candidates) == 4
+    baselines = [real_curve(n.name) for n in seeds]
+    keepers = [n.name for n in candidates if val_bpb(n.name) < min(val_bpb(s.name) for s in seeds)]
+    assert len(keepers) == 2
+    for name in keepers:
+        assert first_stop(rule, baselines, lines(real_curve(name))) is None, name
 
 
 def synthetic_run(rng: random.Random, gain: float, points: int = 100):

@@ -23,7 +23,7 @@ AS_ROOT = os.geteuid() == 0  # root ignores permission bits: an immutable file (
 
 # run by a mutator: the results file can no longer be written (as LOCK_WAY says), then value.txt is bumped
 LOCKING_MUTATE = '''import os, pathlib, subprocess
-results = os.environ["AUTORESEARCH_RESULTS"]
+results = os.environ["LIVE_RESULTS"]  # the live file, not the export in $AUTORESEARCH_RESULTS
 if os.environ["LOCK_WAY"] == "chattr":
     subprocess.run(["chattr", "+i", results], check=True)
 else:
@@ -95,6 +95,7 @@ def test_results_unwritable_mid_session_stop_it_before_the_keep_lands(pytester, 
         pytest.skip("running as root on a file system without chattr +i")
     write_task(pytester.path, mutate=LOCKING_MUTATE)
     results = pytester.path / "work" / "results.jsonl"
+    monkeypatch.setenv("LIVE_RESULTS", str(results))
     try:
         result = research("--autoresearch-iterations", "2")
     finally:

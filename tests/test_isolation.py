@@ -30,10 +30,12 @@ def attempt(name, action):
         print(f"{name}: {action()}")
     except OSError as e:
         print(f"{name}: refused ({type(e).__name__}: {e.strerror})")
-workspace, outside, results, pytest_pid = sys.argv[1], sys.argv[2], os.environ["AUTORESEARCH_RESULTS"], int(sys.argv[3])
+workspace, outside, history, pytest_pid = sys.argv[1], sys.argv[2], os.environ["AUTORESEARCH_RESULTS"], int(sys.argv[3])
 attempt("workspace write", lambda: open(os.path.join(workspace, "experiments/t/value.txt"), "w").write("99\\n"))
 attempt("outside write", lambda: open(outside, "w").write("x"))
-attempt("results read", lambda: f"{len(open(results).read())} characters")
+attempt("results read", lambda: f"{len(open(os.path.join(workspace, 'work/results.jsonl')).read())} characters")
+attempt("history read", lambda: f"{len(open(history).read().splitlines())} records")
+attempt("history write", lambda: open(history, "a").write("{}"))
 attempt("storage listing", lambda: sorted(os.listdir(os.path.join(workspace, "work"))))
 attempt("signal pytest", lambda: os.kill(pytest_pid, 0) or "delivered")
 attempt("tmp listing", lambda: sorted(os.listdir("/tmp")))
@@ -63,6 +65,8 @@ def test_an_isolated_mutator_writes_its_sandbox_only_and_sees_no_results(pyteste
     assert seen["outside write"].startswith("refused (OSError: Read-only file system)")
     assert seen["results read"] == "0 characters"  # the live results file reads as empty...
     assert seen["storage listing"] == "['results.jsonl']"  # ...and nothing else of the storage shows
+    assert seen["history read"] == "1 records"  # the history is its export: the baseline's record...
+    assert seen["history write"].startswith("refused (OSError: Read-only file system)")  # ...read-only
     assert seen["signal pytest"].startswith("refused (ProcessLookupError")  # its own process namespace
     # a private /tmp: only the way to its own sandbox shows, and to the repository and to the Python running
     # pytest when those lie in /tmp (read-only: a clone in /tmp with its .venv inside, as CI makes)
@@ -84,6 +88,7 @@ def test_an_isolated_runner_is_held_the_same_and_offline_has_only_loopback(pytes
     seen = log_lines(pytester, keep["log"])
     assert seen["workspace write"].startswith("refused")  # read-only, or out of sight (a workspace in /tmp)
     assert seen["results read"] == "0 characters" and seen["storage listing"] == "['results.jsonl']"
+    assert seen["history read"] == "1 records" and seen["history write"].startswith("refused")
     assert seen["interfaces"] == "['lo']"
     assert (pytester.path / "experiments/t/value.txt").read_text() == "2\n"
 
@@ -91,7 +96,7 @@ def test_an_isolated_runner_is_held_the_same_and_offline_has_only_loopback(pytes
 @needs_bwrap
 def test_storage_outside_the_repository_is_hidden_too(pytester, research, tmp_path):
     storage, results = tmp_path / "store", tmp_path / "elsewhere" / "results.jsonl"
-    probe = (f"{PY} -c \"import os; print('results read:', len(open(os.environ['AUTORESEARCH_RESULTS']).read())); "
+    probe = (f"{PY} -c \"import os; print('results read:', len(open({str(results)!r}).read())); "
              f"print('storage listing:', os.listdir({str(storage)!r}))\" && {PY} experiments/t/mutate.py")
     write_task(pytester.path, mutate=BUMP, spec={"mutator": {"command": probe, "isolation": "bwrap"}})
     research("--autoresearch-dir", str(storage), "--autoresearch-results", str(results))
@@ -125,3 +130,34 @@ def test_isolation_mistakes_are_one_line(pytester, research, spec, message):
     result = research()
     assert result.ret == 1
     result.stdout.fnmatch_lines([f"*experiments/t/task.yaml: {message}"])
+
+
+# the history forgeries of test_forged_records, tried from inside the sandbox: read the records' key, append a
+# fake baseline to the live file and to the export; then a worse candidate
+FORGER = '''import json, os, pathlib
+live, key = os.environ["LIVE_RESULTS"], os.environ["LIVE_RESULTS"] + ".key"
+fake = json.dumps({"task": "t", "iteration": 0, "status": "baseline", "scores": [-1e9], "score": -1e9}) + "\\n"
+def attempt(name, action):
+    try:
+        print(f"{name}: {action()}")
+    except OSError as e:
+        print(f"{name}: refused ({type(e).__name__})")
+attempt("key read", lambda: len(open(key).read()))
+attempt("live append", lambda: open(live, "a").write(fake))
+attempt("export append", lambda: open(os.environ["AUTORESEARCH_RESULTS"], "a").write(fake))
+pathlib.Path("experiments/t/value.txt").write_text("0\\n")
+'''
+
+
+@needs_bwrap
+def test_an_isolated_mutator_can_neither_read_the_key_nor_forge_the_history(pytester, research, monkeypatch):
+    live = pytester.path / "work" / "results.jsonl"
+    monkeypatch.setenv("LIVE_RESULTS", str(live))
+    write_task(pytester.path, mutate=FORGER, spec={"mutator": {"isolation": "bwrap"}})
+    research("--autoresearch-iterations", "2")
+    assert [(r["status"], r["baseline_scores"]) for r in records(pytester.path)][1:] == [("discard", [1.0])] * 2
+    assert "-1000000000.0" not in live.read_text()
+    seen = log_lines(pytester, records(pytester.path)[-1]["log"])
+    assert seen["key read"] == "refused (FileNotFoundError)"  # the storage is an empty folder in there
+    assert seen["export append"] == "refused (OSError)"  # read-only
+    # the live file is /dev/null in there: the write goes nowhere

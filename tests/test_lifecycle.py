@@ -244,7 +244,8 @@ def test_agent_cli_mutator_gets_the_prompt_and_environment(pytester, research, m
     assert (keep["status"], keep["score"], keep["description"]) == ("keep", want, f"agent: set the value to {want}")
     env = json.loads((tmp_path / "env.json").read_text())
     assert Path(env["AUTORESEARCH_PROMPT_FILE"]).name == ("program.md" if prompt is None else "prompt.md")
-    assert env["AUTORESEARCH_RESULTS"] == str(pytester.path / "work" / "results.jsonl")
+    assert Path(env["AUTORESEARCH_RESULTS"]).name == "history.jsonl"  # its export of the history, not the live file
+    assert not env["AUTORESEARCH_RESULTS"].startswith(str(pytester.path))
     assert (env["AUTORESEARCH_TASK"], env["AUTORESEARCH_ITERATION"], env["AUTORESEARCH_SEED"]) == ("t", "1", "43")
     assert (env["AUTORESEARCH_BASELINE_SCORE"], env["AUTORESEARCH_MAX_LINES"], env["AUTORESEARCH_MAX_FILES"]) == \
         ("1.0", "4", "")

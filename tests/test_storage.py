@@ -63,12 +63,13 @@ def test_a_fresh_results_file_never_overwrites_the_logs_of_earlier_sessions(pyte
 
 
 def test_records_name_the_storage_in_the_environment(pytester, research):
-    # AUTORESEARCH_RESULTS points at the results file inside the storage folder
+    # AUTORESEARCH_RESULTS is an export of the records in the storage folder, not the results file there
     write_task(pytester.path, mutate='import os, pathlib\npathlib.Path("experiments/t/seen.txt").write_text('
-                                     'os.environ["AUTORESEARCH_RESULTS"])\n'
+                                     'open(os.environ["AUTORESEARCH_RESULTS"]).read())\n'
                                      'pathlib.Path("experiments/t/value.txt").write_text("2\\n")\n',
                spec={"artifacts": ["experiments/t/value.txt", "experiments/t/seen.txt"]})
     research("--autoresearch-dir", "store")
-    seen = (pytester.path / "experiments/t/seen.txt").read_text()
-    assert Path(seen) == pytester.path / "store" / "results.jsonl"
-    assert json.loads((pytester.path / "store/results.jsonl").read_text().splitlines()[-1])["status"] == "keep"
+    seen = [json.loads(line) for line in (pytester.path / "experiments/t/seen.txt").read_text().splitlines()]
+    stored = [json.loads(line) for line in (pytester.path / "store/results.jsonl").read_text().splitlines()]
+    assert [r["status"] for r in stored] == ["baseline", "keep"]
+    assert seen == [{key: value for key, value in stored[0].items() if key != "sig"}]
