@@ -40,8 +40,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="with --autoresearch-executor ray: iterations in flight at once (default: the cluster's "
                          "GPUs / runner.gpus, at least 1)")
     group.addoption("--autoresearch-ray-address", default=os.environ.get("RAY_ADDRESS"), metavar="ADDRESS",
-                    help="with --autoresearch-executor ray: the cluster (default: $RAY_ADDRESS; unset: a new "
-                         "local Ray instance)")
+                    help="with --autoresearch-executor ray: the cluster's address (default: $RAY_ADDRESS)")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -57,10 +56,14 @@ def pytest_configure(config: pytest.Config) -> None:
                                     "process: drop -n (xdist)")
         if parallel is not None and parallel < 1:
             raise pytest.UsageError(f"--autoresearch-parallel must be >= 1, got {parallel}")
+        address = config.getoption("autoresearch_ray_address")
+        if not address:  # never a Ray instance of our own: it would hide a missing address and leave state in ~/.ray
+            raise pytest.UsageError("--autoresearch-executor ray needs a cluster: --autoresearch-ray-address "
+                                    "HOST:PORT or RAY_ADDRESS (start one with `ray start --head`; USAGE.md: More "
+                                    "than one machine)")
         from . import ray_executor  # only now: without the option the plugin imports no Ray
         ray_executor.check_available()
-        config.pluginmanager.register(ray_executor.RayExecutor(config, config.getoption("autoresearch_ray_address"),
-                                                               parallel), ray_executor.PLUGIN_NAME)
+        config.pluginmanager.register(ray_executor.RayExecutor(config, address, parallel), ray_executor.PLUGIN_NAME)
     elif parallel is not None:
         raise pytest.UsageError("--autoresearch-parallel needs --autoresearch-executor ray (with xdist: -n N)")
 

@@ -79,7 +79,7 @@ class Flight:
 
 
 class RayExecutor:
-    def __init__(self, config: pytest.Config, address: str | None, parallel: int | None) -> None:
+    def __init__(self, config: pytest.Config, address: str, parallel: int | None) -> None:
         self.config = config
         self.address = address
         self.parallel_option = parallel
@@ -97,7 +97,7 @@ class RayExecutor:
     # ------------------------------------------------------------------------
 
     def pytest_report_header(self, config: pytest.Config) -> str:
-        return f"autoresearch: executor ray at {self.address or 'a new local Ray instance'}"
+        return f"autoresearch: executor ray at {self.address}"
 
     def pytest_unconfigure(self, config: pytest.Config) -> None:
         if self.connected:
@@ -144,11 +144,10 @@ class RayExecutor:
     # Connecting, sizing
 
     def _connect(self) -> None:
-        if self.address and (problem := _unreachable(self.address)) is not None:  # ray.init would wait for minutes
+        if (problem := _unreachable(self.address)) is not None:  # ray.init would wait for minutes
             raise pytest.UsageError(f"--autoresearch-ray-address {self.address}: {problem}")
         # log_to_driver off: the tasks' output is in each iteration's log, not on pytest's terminal
-        ray.init(address=self.address or "local", namespace="autoresearch", log_to_driver=False,
-                 logging_level="ERROR", include_dashboard=False if not self.address else None)
+        ray.init(address=self.address, namespace="autoresearch", log_to_driver=False, logging_level="ERROR")
         self.connected = True
         self.remote = ray.remote(_attempt_task)  # once: each ray.remote() would export the function again
         resources = ray.cluster_resources()

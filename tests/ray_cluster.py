@@ -17,9 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 RAY = str(Path(sys.executable).with_name("ray"))
-# a dead node is noticed in about a second instead of the default ~30 s (health checks every 3 s, 5 missed)
-FAST_FAILURE_DETECTION = {"RAY_health_check_period_ms": "500", "RAY_health_check_failure_threshold": "2",
-                          "RAY_health_check_timeout_ms": "500"}
+# a dead node is noticed in about a second instead of the default ~30 s (health checks every 3 s, 5 missed);
+# token authentication off whatever this machine holds (a ~/.ray/auth_token would turn it on for `ray start`
+# alone, and the tests' drivers would be refused)
+NODE_ENV = {"RAY_health_check_period_ms": "500", "RAY_health_check_failure_threshold": "2",
+            "RAY_health_check_timeout_ms": "500", "RAY_AUTH_MODE": "disabled"}
 
 
 def free_ports(count: int) -> list[int]:
@@ -72,7 +74,7 @@ class Cluster:
         else:
             args += [f"--address={self.address}"]
         log = self.folder / f"{name}.log"
-        env = {**os.environ, **FAST_FAILURE_DETECTION, "RAY_ADDRESS": ""}
+        env = {**os.environ, **NODE_ENV, "RAY_ADDRESS": ""}
         with open(log, "wb") as out:
             process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         node = Node(name, process, log)

@@ -53,7 +53,8 @@ def test_a_local_session_imports_no_ray(repo, tmp_path):
 
 
 def test_without_ray_the_executor_says_what_to_install(repo, tmp_path):
-    done = inner(repo, "--autoresearch-executor", "ray", HIDE_RAY="1", RAY_SEEN=str(tmp_path / "seen"))
+    done = inner(repo, "--autoresearch-executor", "ray", "--autoresearch-ray-address", "127.0.0.1:9", HIDE_RAY="1",
+                 RAY_SEEN=str(tmp_path / "seen"))
     assert done.returncode == 4, done.stdout + done.stderr
     assert "ERROR: --autoresearch-executor ray needs Ray: pip install 'pytest-autoresearch[ray]'" in done.stderr
     assert records(repo) == []
@@ -64,7 +65,9 @@ def test_without_ray_the_executor_says_what_to_install(repo, tmp_path):
     (["--autoresearch-executor", "ray", "--autoresearch-parallel", "0"], "--autoresearch-parallel must be >= 1, got 0"),
     (["--autoresearch-executor", "ray", "-n", "2"],
      "--autoresearch-executor ray runs iterations on the cluster from one pytest process: drop -n (xdist)"),
-], ids=["parallel-without-ray", "parallel-0", "with-xdist"])
+    (["--autoresearch-executor", "ray"], "--autoresearch-executor ray needs a cluster: --autoresearch-ray-address "
+                                         "HOST:PORT or RAY_ADDRESS (start one with `ray start --head`"),
+], ids=["parallel-without-ray", "parallel-0", "with-xdist", "no-address"])
 def test_executor_options_that_cannot_work_are_one_line_errors(repo, tmp_path, args, message):
     done = inner(repo, *args, RAY_SEEN=str(tmp_path / "seen"))
     assert done.returncode == 4 and f"ERROR: {message}" in done.stderr, done.stdout + done.stderr

@@ -47,7 +47,8 @@ while os.environ["AUTORESEARCH_ITERATION"] != "0" and time.time() < end and not 
     time.sleep(0.05)
 print("score:", pathlib.Path("experiments/t/value.txt").read_text().strip())
 '''
-TIMING = {"started_at", "duration_s", "mutator_s", "runner_s", "gpu_wait_s", "worker", "node"}
+# what differs between any two sessions (times, the session and its signature) and says where it ran
+PER_RUN = {"started_at", "duration_s", "mutator_s", "runner_s", "gpu_wait_s", "session", "sig", "worker", "node"}
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +86,7 @@ def cluster_nodes(cluster: Cluster) -> dict[str, str]:
 
 
 def comparable(record: dict) -> dict:
-    return {k: v for k, v in record.items() if k not in TIMING}
+    return {k: v for k, v in record.items() if k not in PER_RUN}
 
 
 def test_attempts_made_on_two_nodes_land_exactly_as_local_ones(cluster, tmp_path):
