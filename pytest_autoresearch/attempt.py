@@ -41,6 +41,7 @@ class Attempt:
     early_stop: dict[str, Any] | None = None  # policy.early_stop's evidence, when it stopped the last run
     workspace: bool = False  # mutator: workspace, the candidate is the workspace itself
     snapshot: tuple[dict[str, Content], dict[str, str], str | None] | None = None  # workspace: a keep's new baseline
+    node: str | None = None  # the Ray node that made it (ray_executor.py); None: this machine
 
     def to_data(self) -> dict[str, Any]:
         data = asdict(self)

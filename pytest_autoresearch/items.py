@@ -16,6 +16,7 @@ from .engine import Engine
 from .errors import StorageUnwritable
 from .handover import NoVerdict, await_record, send_loop_iteration
 from .iteration import attempt_iteration, run_iteration
+from .landing import Landing
 from .results import Record
 from .sandbox import scan
 from .task import Task, TaskError, load_task, unmatched_globs
@@ -62,9 +63,10 @@ class FailureText:
 def autoresearch_iteration(request: pytest.FixtureRequest, autoresearch_engine: Engine) -> None:
     """One research iteration of the item's task (the function every IterationItem calls)."""
     item: IterationItem = request.node
-    if (stopped := crash_stop(request.config, autoresearch_engine, item.task.name, item.since)) is not None:
-        pytest.skip(stopped)
-    _check_patience(request, autoresearch_engine, item)
+    if item.made is None:  # an attempt made elsewhere (ray_executor.py) was started before any stop: it lands
+        if (stopped := crash_stop(request.config, autoresearch_engine, item.task.name, item.since)) is not None:
+            pytest.skip(stopped)
+        _check_patience(request, autoresearch_engine, item)
     _run_one(request, autoresearch_engine, item)
 
 
@@ -119,7 +121,10 @@ def _run_one(request: pytest.FixtureRequest, autoresearch_engine: Engine, item: 
         if item.hands_over:
             _hand_over(autoresearch_engine, item, description, in_loop)
             return
-        record = run_iteration(autoresearch_engine, item.task, description)
+        if item.made is not None:  # made on a Ray node: decided and landed here, as run_iteration would
+            record = Landing(autoresearch_engine).land(item.task, item.made)
+        else:
+            record = run_iteration(autoresearch_engine, item.task, description)
     except StorageUnwritable as e:  # nothing was applied; no later iteration could be recorded either
         pytest.exit(f"autoresearch: stopped: {e}; nothing was applied")
     item.record = record
@@ -220,6 +225,7 @@ class IterationItem(pytest.Function):
         self.hands_over = hands_over  # its attempt is landed by the xdist controller, from this item's report
         self.record: Record | None = None  # landed here
         self.attempt: Attempt | None = None  # handed over
+        self.made: Attempt | None = None  # made elsewhere (the Ray executor), to land here
 
     def runtest(self) -> None:
         try:

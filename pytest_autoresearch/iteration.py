@@ -61,6 +61,15 @@ def attempt_iteration(engine: Engine, task: Task, description: str = "") -> Atte
     return attempt
 
 
+def attempt_offsite(engine: Engine, task: Task, iteration: int, description: str = "") -> Attempt:
+    """Steps 1 to 4 as iteration `iteration` (numbered by the session), in a process whose storage is a private
+    copy (an executor's node, offsite.py): nothing is landed here, whatever happens; the attempt, even an
+    interrupted or crashed one, goes back to the session, which records it."""
+    with _scratch(task) as scratch:
+        attempt, _ = _attempt(engine, task, scratch, description, record_baseline=False, iteration=iteration)
+    return attempt
+
+
 @contextmanager
 def _scratch(task: Task) -> Iterator[Path]:
     """A private folder for the iteration's sandbox copies, removed once the iteration is done with them."""
@@ -80,12 +89,12 @@ def _export_history(engine: Engine, scratch: Path) -> Path:
 
 
 def _attempt(engine: Engine, task: Task, scratch: Path, description: str,
-             record_baseline: bool) -> tuple[Attempt, BaseException | None]:
+             record_baseline: bool, iteration: int | None = None) -> tuple[Attempt, BaseException | None]:
     """Steps 1 to 4 of an iteration of task, in `scratch`; changes nothing in the workspace. Returns the attempt,
     and an exception to raise once the attempt is recorded (KeyboardInterrupt, or an error that is no OS or
     engine error). `description`: the session's AUTORESEARCH_DESCRIPTION, unless the mutator writes one.
     record_baseline: append a baseline scored anew at once, else leave it to the attempt's landing."""
-    iteration = engine.storage.reserve_iteration(task.name)
+    iteration = engine.storage.reserve_iteration(task.name) if iteration is None else iteration
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     clock = time.perf_counter()
     log_path = engine.storage.logs_dir / task.name / f"{iteration}.log"

@@ -212,4 +212,5 @@ def _record(task: Task, attempt: Attempt, decision: Decision | None) -> Record:
                   candidate_hash=attempt.candidate_hash, files_changed=attempt.files_changed,
                   lines_changed=attempt.lines_changed, reason=reason, description=attempt.description,
                   log=attempt.log, mutator_s=attempt.mutator_s, runner_s=attempt.runner_s, metrics=dict(attempt.metrics),
-                  statistic=statistic, gpu_wait_s=attempt.gpu_wait_s, baseline_from=attempt.baseline_from)
+                  statistic=statistic, gpu_wait_s=attempt.gpu_wait_s, baseline_from=attempt.baseline_from,
+                  node=attempt.node)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from .engine import Engine
@@ -31,6 +33,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                          "taken from git HEAD again; results and logs are kept")
     group.addoption("--autoresearch-fail-on-discard", action="store_true", default=False,
                     help="a discarded candidate fails its item (CI gating)")
+    group.addoption("--autoresearch-executor", choices=("local", "ray"), default="local",
+                    help="where iterations are made: local (this process, or xdist workers; default) or ray (a Ray "
+                         "cluster; decisions and records stay here)")
+    group.addoption("--autoresearch-parallel", type=int, default=None, metavar="N",
+                    help="with --autoresearch-executor ray: iterations in flight at once (default: the cluster's "
+                         "GPUs / runner.gpus, at least 1)")
+    group.addoption("--autoresearch-ray-address", default=os.environ.get("RAY_ADDRESS"), metavar="ADDRESS",
+                    help="with --autoresearch-executor ray: the cluster's address (default: $RAY_ADDRESS)")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -39,6 +49,23 @@ def pytest_configure(config: pytest.Config) -> None:
     if config.args_source != pytest.Config.ArgsSource.ARGS:  # no paths given: research experiments/
         config.args = [str(config.rootpath / TASK_DIR)]
     config.pluginmanager.register(AutoresearchSession(config, Options.from_config(config)), SESSION_PLUGIN_NAME)
+    parallel = config.getoption("autoresearch_parallel")
+    if config.getoption("autoresearch_executor") == "ray":
+        if getattr(config.option, "numprocesses", None):
+            raise pytest.UsageError("--autoresearch-executor ray runs iterations on the cluster from one pytest "
+                                    "process: drop -n (xdist)")
+        if parallel is not None and parallel < 1:
+            raise pytest.UsageError(f"--autoresearch-parallel must be >= 1, got {parallel}")
+        address = config.getoption("autoresearch_ray_address")
+        if not address:  # never a Ray instance of our own: it would hide a missing address and leave state in ~/.ray
+            raise pytest.UsageError("--autoresearch-executor ray needs a cluster: --autoresearch-ray-address "
+                                    "HOST:PORT or RAY_ADDRESS (start one with `ray start --head`; USAGE.md: More "
+                                    "than one machine)")
+        from . import ray_executor  # only now: without the option the plugin imports no Ray
+        ray_executor.check_available()
+        config.pluginmanager.register(ray_executor.RayExecutor(config, address, parallel), ray_executor.PLUGIN_NAME)
+    elif parallel is not None:
+        raise pytest.UsageError("--autoresearch-parallel needs --autoresearch-executor ray (with xdist: -n N)")
 
 
 @pytest.fixture(scope="session")

@@ -49,6 +49,7 @@ class Record:
     gpu_wait_s: float = 0.0  # time spent waiting for a free GPU (more workers than GPUs)
     baseline_from: str | None = None  # workspace mode: "git HEAD <sha>" when a new commit reset the baseline
     session: str = ""  # the pytest run that appended it (ResultsStore stamps it): each summary counts its own
+    node: str | None = None  # the Ray node that made the attempt ("<ip>/<node id>"); None: this machine
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), allow_nan=False, default=str)

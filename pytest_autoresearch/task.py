@@ -25,13 +25,16 @@ WORKSPACE = "workspace"  # `mutator: workspace`: the candidate is the edit alrea
 DIRECTIONS = ("minimize", "maximize")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # task names become folder names under work/logs
 
-TOP_KEYS = ("name", "description", "artifacts", "protected", "mutation", "mutator", "runner", "scorer", "policy")
+TOP_KEYS = ("name", "description", "artifacts", "protected", "mutation", "mutator", "runner", "scorer", "policy",
+            "setup")
 REQUIRED_TOP_KEYS = ("artifacts", "mutator", "runner", "scorer")
 MUTATION_KEYS = ("max_files", "max_lines", "max_bytes")
 MUTATOR_KEYS = ("command", "timeout", "prompt", "isolation", "network", "hparams")
 RUNNER_KEYS = ("command", "timeout", "gpus", "isolation", "network")
+SETUP_KEYS = ("command", "timeout")  # prepares a Ray node once (ray_executor.py); the local executor leaves it to you
 DEFAULT_MUTATOR_TIMEOUT = 300.0
 DEFAULT_RUNNER_TIMEOUT = 600.0
+DEFAULT_SETUP_TIMEOUT = 3600.0
 # a candidate's changed files, all together: room for any source file (train.py is ~30 kB), while what is read
 # and diffed stays far below the memory of a small machine (a 2 GB artifact once drove pytest to 8.2 GB RSS)
 DEFAULT_MAX_BYTES = 8 * 1024 * 1024
@@ -66,6 +69,8 @@ class Task:
     policy: Policy
     mutator_isolation: Isolation | None = None  # None: the command runs unsandboxed, as the user
     runner_isolation: Isolation | None = None
+    setup_command: str | None = None  # setup.command: run once per Ray node before its first iteration there
+    setup_timeout: float = DEFAULT_SETUP_TIMEOUT
 
     @property
     def workspace_mode(self) -> bool:
@@ -209,6 +214,12 @@ def load_task(path: Path, rootdir: Path) -> Task:
     else:
         gpus = _number(runner, "gpus", 0, "runner", fail, integer=True)
 
+    setup_command, setup_timeout = None, DEFAULT_SETUP_TIMEOUT
+    if "setup" in data:
+        setup = _mapping(data["setup"], "setup", SETUP_KEYS, fail)
+        setup_command = _command(setup, "setup", fail)
+        setup_timeout = _number(setup, "timeout", DEFAULT_SETUP_TIMEOUT, "setup", fail)
+
     scorer_spec = _mapping(data["scorer"], "scorer", scorers.keys(), fail)
     scorer, constraints = scorers.build(scorer_spec, fail)
     direction = scorer_spec.get("direction")
@@ -229,7 +240,7 @@ def load_task(path: Path, rootdir: Path) -> Task:
                 mutator_timeout=mutator_timeout, prompt=prompt, runner_command=runner_command,
                 runner_timeout=runner_timeout, gpus=gpus, metric=scorer.metric, scorer=scorer, constraints=constraints,
                 direction=direction, policy=policy, mutator_isolation=mutator_isolation,
-                runner_isolation=runner_isolation)
+                runner_isolation=runner_isolation, setup_command=setup_command, setup_timeout=setup_timeout)
 
 
 def schema() -> dict[str, tuple[str, ...]]:
@@ -238,7 +249,7 @@ def schema() -> dict[str, tuple[str, ...]]:
     from . import policies
     policy_keys = tuple(dict.fromkeys(key for kind in policies.kinds() for key in policies.keys(kind)))
     return {"": TOP_KEYS, "mutation": MUTATION_KEYS, "mutator": MUTATOR_KEYS, "runner": RUNNER_KEYS,
-            "scorer": scorers.keys(), "policy": policy_keys}
+            "setup": SETUP_KEYS, "scorer": scorers.keys(), "policy": policy_keys}
 
 
 def _check_keys(data: Mapping[str, Any], allowed: tuple[str, ...], prefix: str, fail) -> None:
