@@ -21,14 +21,19 @@ KILLS = 100
 SEED = 20261201
 
 # Patched into the inner session only (the mutator and runner are separate processes): SIGKILL this process
-# just before or right after its K-th file replacement or removal (renames of a keep, state files, journal).
+# just before or right after its K-th file replacement or removal in the repository (renames of a keep, the
+# journal, state files, the results and their key). Those in the scratch copies under $TMPDIR are not counted:
+# removing a sandbox unlinks every file of it, which would put every kill point before the keep.
 KILLER = '''
 import os, signal
-_at = os.environ.get("KILL_AT")
+_at, _root = os.environ.get("KILL_AT"), os.getcwd() + os.sep
 if _at:
     _at, _when, _count = int(_at), os.environ["KILL_WHEN"], [0]
-    def _deadly(real):
+    def _deadly(real, target_arg):
         def call(*args, **kwargs):
+            target = args[target_arg] if len(args) > target_arg else None
+            if kwargs.get("dir_fd") is not None or not os.path.abspath(os.fspath(target)).startswith(_root):
+                return real(*args, **kwargs)  # a scratch copy's (rmtree works through dir_fd)
             _count[0] += 1
             if _count[0] == _at and _when == "before":
                 os.kill(os.getpid(), signal.SIGKILL)
@@ -37,7 +42,7 @@ if _at:
                 os.kill(os.getpid(), signal.SIGKILL)
             return result
         return call
-    os.replace, os.unlink = _deadly(os.replace), _deadly(os.unlink)
+    os.replace, os.unlink = _deadly(os.replace, 1), _deadly(os.unlink, 0)
 '''
 MUTATE = '''
 from pathlib import Path
