@@ -37,6 +37,10 @@ from .scratch import new_scratch
 from .session import SESSION_PLUGIN_NAME, AutoresearchSession
 from .task import Task
 
+# Ray's "uv run" hook (on when the session was started by `uv run`) would upload the working folder and start its
+# workers through `uv run` there, in an environment of uv's choosing that may lack Ray; iterations carry their
+# own snapshot, and the nodes' environment is their `ray start`'s
+os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 try:
     import ray
 except ImportError:  # check_available() says what to install

@@ -21,7 +21,8 @@ RAY = str(Path(sys.executable).with_name("ray"))
 # token authentication off whatever this machine holds (a ~/.ray/auth_token would turn it on for `ray start`
 # alone, and the tests' drivers would be refused)
 NODE_ENV = {"RAY_health_check_period_ms": "500", "RAY_health_check_failure_threshold": "2",
-            "RAY_health_check_timeout_ms": "500", "RAY_AUTH_MODE": "disabled"}
+            "RAY_health_check_timeout_ms": "500", "RAY_AUTH_MODE": "disabled",
+            "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"}  # under `uv run pytest` the probes' workers must not `uv run`
 
 
 def free_ports(count: int) -> list[int]:
@@ -93,7 +94,7 @@ class Cluster:
                     raise RuntimeError(f"ray node {node.name} exited: {node.log.read_text(errors='replace')[-2000:]}")
             try:
                 done = subprocess.run([sys.executable, "-c", probe, self.address], capture_output=True, text=True,
-                                      env={**os.environ, "RAY_ADDRESS": ""}, timeout=30)
+                                      env={**os.environ, **NODE_ENV, "RAY_ADDRESS": ""}, timeout=30)
             except subprocess.TimeoutExpired:
                 continue
             if done.returncode == 0 and done.stdout.strip().splitlines()[-1:] == [str(count)]:
