@@ -24,6 +24,21 @@ p.write_text(f"{{v + {step}}}\\n")
 pathlib.Path(os.environ["AUTORESEARCH_DESCRIPTION_FILE"]).write_text("add {step}\\n")
 '''
 
+# a runner whose baseline runs meet at a rendezvous ($RENDEZVOUS): each writes a marker, then waits (up to 20 s)
+# for a second one, and notes in met.txt beside that folder whether it met one. Run one after another, the first
+# would wait alone and say so; run by two xdist workers, both score the new baseline together.
+RENDEZVOUS_SCORE = '''import os, pathlib, time
+if os.environ["AUTORESEARCH_ITERATION"] == "0":
+    folder = pathlib.Path(os.environ["RENDEZVOUS"])
+    (folder / os.environ["AUTORESEARCH_SEED"]).write_text("")
+    deadline = time.monotonic() + 20
+    while len(list(folder.iterdir())) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    with open(folder.parent / "met.txt", "a") as f:
+        f.write(f"{os.environ['AUTORESEARCH_SEED']} {len(list(folder.iterdir())) >= 2}\\n")
+print("score:", pathlib.Path("experiments/t/value.txt").read_text().strip())
+'''
+
 
 def plugin_args() -> list[str]:
     """`-p pytest_autoresearch.plugin` unless the pytest11 entry point already loads it."""

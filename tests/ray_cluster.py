@@ -22,7 +22,7 @@ RAY = str(Path(sys.executable).with_name("ray"))
 # alone, and the tests' drivers would be refused)
 NODE_ENV = {"RAY_health_check_period_ms": "500", "RAY_health_check_failure_threshold": "2",
             "RAY_health_check_timeout_ms": "500", "RAY_AUTH_MODE": "disabled",
-            "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"}  # under `uv run pytest` the probes' workers must not `uv run`
+            "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"}  # drivers too: under `uv run pytest` their workers must not `uv run`
 
 
 def free_ports(count: int) -> list[int]:

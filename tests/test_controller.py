@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from autoresearch_helpers import REPO_ROOT, plugin_args, records, write_task
+from autoresearch_helpers import RENDEZVOUS_SCORE, REPO_ROOT, plugin_args, records, write_task
 from pytest_autoresearch.attempt import Attempt
 from pytest_autoresearch.handover import NoVerdict, await_record
 from pytest_autoresearch.results import ResultsStore
@@ -106,19 +106,6 @@ def test_an_attempt_crosses_processes_as_json_unchanged():
                       before={"a.txt": b"old", "l": None, "gone.txt": b"was"}, scores=(3.0,), metrics={"m": 1.5},
                       workspace=True, snapshot=({"a.txt": b"\xff\x00new"}, {"p": "sha"}, None))
     assert Attempt.from_data(json.loads(json.dumps(attempt.to_data()))) == attempt
-
-
-# The baseline's runs meet: each writes a marker, then waits (up to 20 s) for the other's, so that both workers
-# score the new baseline together, and both attempts carry it to the controller.
-RENDEZVOUS_SCORE = '''import os, pathlib, time
-if os.environ["AUTORESEARCH_ITERATION"] == "0":
-    folder = pathlib.Path(os.environ["RENDEZVOUS"])
-    (folder / os.environ["AUTORESEARCH_SEED"]).write_text("")
-    deadline = time.monotonic() + 20
-    while len(list(folder.iterdir())) < 2 and time.monotonic() < deadline:
-        time.sleep(0.05)
-print("score:", pathlib.Path("experiments/t/value.txt").read_text().strip())
-'''
 
 
 def test_under_xdist_the_controller_appends_a_new_baseline_once_before_the_iterations_it_judged(pytester, monkeypatch,

@@ -10,7 +10,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from autoresearch_helpers import REPO_ROOT, plugin_args, records, write_task
+from autoresearch_helpers import RENDEZVOUS_SCORE, REPO_ROOT, plugin_args, records, write_task
 
 pytest_plugins = ["pytester"]
 
@@ -494,21 +494,6 @@ def test_xdist_parallel_iterations_keep_results_and_workspace_consistent(pyteste
     best = max([r["score"] for r in kept] + [1.0])
     assert int(value(pytester)) == best  # the workspace holds the best kept candidate, never a stale one
     assert all(r["score"] > r["baseline_score"] for r in kept)
-
-
-# Baseline runs meet at a rendezvous: each writes a marker, then waits (up to 20 s) for a second one. Run one
-# after another, the first would wait alone and say so.
-RENDEZVOUS_SCORE = '''import os, pathlib, time
-if os.environ["AUTORESEARCH_ITERATION"] == "0":
-    folder = pathlib.Path(os.environ["RENDEZVOUS"])
-    (folder / os.environ["AUTORESEARCH_SEED"]).write_text("")
-    deadline = time.monotonic() + 20
-    while len(list(folder.iterdir())) < 2 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    with open(folder.parent / "met.txt", "a") as f:
-        f.write(f"{os.environ['AUTORESEARCH_SEED']} {len(list(folder.iterdir())) >= 2}\\n")
-print("score:", pathlib.Path("experiments/t/value.txt").read_text().strip())
-'''
 
 
 def test_xdist_workers_share_out_the_runs_of_a_new_baseline(pytester, monkeypatch, tmp_path):

@@ -20,7 +20,7 @@ import pytest
 from autoresearch_helpers import REPO_ROOT, plugin_args, records, write_task
 
 pytest.importorskip("ray")
-from ray_cluster import Cluster, start_cluster  # noqa: E402  (after the skip: it needs ray's CLI)
+from ray_cluster import NODE_ENV, Cluster, start_cluster  # noqa: E402  (after the skip: it needs ray's CLI)
 
 pytestmark = pytest.mark.ray
 
@@ -81,7 +81,7 @@ def cluster_nodes(cluster: Cluster) -> dict[str, str]:
              "print(json.dumps({k[5:]: n['NodeID'] for n in ray.nodes() if n['Alive']"
              " for k in n['Resources'] if k.startswith('node:') and k[5:] in ('head', 'two')}))")
     done = subprocess.run([sys.executable, "-c", probe, cluster.address], capture_output=True, text=True, timeout=60,
-                          env={**os.environ, "RAY_ADDRESS": "", "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"})
+                          env={**os.environ, **NODE_ENV, "RAY_ADDRESS": ""})
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -199,7 +199,7 @@ def test_ctrl_c_cancels_the_tasks_in_flight_and_records_them_interrupted(cluster
              "f = ray.remote(num_gpus=1)(lambda: 1);"
              "print(sum(ray.get([f.options(scheduling_strategy='SPREAD').remote() for _ in range(2)], timeout=30)))")
     done = subprocess.run([sys.executable, "-c", probe, cluster.address], capture_output=True, text=True, timeout=90,
-                          env={**os.environ, "RAY_ADDRESS": "", "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"})
+                          env={**os.environ, **NODE_ENV, "RAY_ADDRESS": ""})
     assert done.stdout.strip().splitlines()[-1:] == ["2"], done.stdout + done.stderr
 
 
