@@ -123,7 +123,7 @@ def save_model(model, batch_size, path=MODEL_FILE, autocast_dtype=None):
     header = json.dumps({"program": graph, "tensors": table, "batch": batch_size, "seq_len": MAX_SEQ_LEN,
                          "device": device.type}).encode()
     payload = b"".join([MAGIC, struct.pack("<Q", len(header)), header, *chunks])
-    _atomic_write_bytes(path, payload)
+    _atomic_write_bytes(os.fspath(path), payload)
     return len(payload)
 
 # ---------------------------------------------------------------------------
@@ -259,11 +259,11 @@ class SealedModel(nn.Module):
 
     def forward(self, x, y, reduction="none"):
         logits = self.logits(x)
+        if not torch.isfinite(logits).all():
+            raise Refused("the model's logits hold NaN or infinity")
         if self.calls in self.checked:
             self.rows_checked += check_causal(self.logits, x, logits, self.vocab_size, self.rng)
         self.calls += 1
-        if not torch.isfinite(logits).all():
-            raise Refused("the model's logits hold NaN or infinity")
         # as the in-process evaluation computes it (train.py's GPT.forward): the same number for the same weights
         logits = logits.float()
         loss = F.cross_entropy(logits.view(-1, logits.size(-1)), y.reshape(-1), ignore_index=-1, reduction=reduction)
