@@ -328,7 +328,7 @@ def main(argv=None):
     except FileNotFoundError as e:
         print(f"refused: {e.filename or e}: no such file (train.py must end by saving {MODEL_FILE})", flush=True)
         sys.exit(REFUSED_EXIT_CODE)
-    print(f"evaluated: {path} | batch {result['batch']} x {MAX_SEQ_LEN} | {result['device']} | loaded in "
+    print(f"evaluation: {path} | batch {result['batch']} x {MAX_SEQ_LEN} | {result['device']} | loaded in "
           f"{result['load_seconds']:.1f}s | causality checked on {result['rows_checked']} rows")
     print(f"val_bpb:          {result['val_bpb']:.6f}")
     print(f"eval_seconds:     {result['eval_seconds']:.1f}", flush=True)

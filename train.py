@@ -1,8 +1,9 @@
 """
 Autoresearch pretraining script: one GPU (or MPS, or CPU at toy size), one file.
-A small GPT in the style of nanochat, trained with Muon + AdamW for a fixed wall-clock budget,
-then scored by prepare.evaluate_bpb. Edit the constants below directly; there are no CLI flags.
-Usage: uv run train.py
+A small GPT in the style of nanochat, trained with Muon + AdamW for a fixed wall-clock budget, then saved as
+model.export, which evaluate.py scores in a process of its own (val_bpb). Edit the constants below directly;
+there are no CLI flags.
+Usage: uv run train.py      (by hand it ends by running evaluate.py; under the harness, the harness does)
 """
 
 import time
@@ -12,7 +13,6 @@ import os
 os.environ.setdefault("PYTORCH_ALLOC_CONF", "expandable_segments:True")  # less fragmentation at 40+ GB
 
 import gc
-import math
 import queue
 import sys
 import threading
@@ -25,7 +25,8 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend
 from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
-from prepare import MAX_SEQ_LEN, TIME_BUDGET, Tokenizer, cache_dir, evaluate_bpb, make_dataloader
+from evaluate import MODEL_FILE, save_model
+from prepare import MAX_SEQ_LEN, TIME_BUDGET, Tokenizer, cache_dir, make_dataloader
 
 T_IMPORTED = time.time()
 
@@ -132,6 +133,13 @@ class Attention:
         self.seq_len = 0       # the length the masks below were built for
         self.block_masks = {}  # window -> BlockMask (FlexAttention)
         self.band_masks = {}   # window -> bool (T, T) tensor (masked SDPA)
+
+    def exportable(self):
+        """The plan evaluate.py can load: FlexAttention's block masks and the flash_attn package's kernel cannot be
+        saved, so their layers switch to SDPA with the same band masks (the same attention, computed another way)."""
+        self.banded = "masked" if self.banded in ("flex", "flash_attn") else self.banded
+        self.full = "sdpa" if self.full == "flash_attn" else self.full
+        return self
 
     def name(self):
         full = self.full
@@ -623,7 +631,7 @@ def muon_momentum(step):
     return 0.85 + 0.10 * min(step / 300, 1.0)  # low momentum while the loss moves fast early on
 
 # ---------------------------------------------------------------------------
-# Training, in steps: set up, build the model, train for the budget, evaluate, summarize
+# Training, in steps: set up, build the model, train for the budget, save for evaluation, summarize
 # ---------------------------------------------------------------------------
 
 @dataclass
@@ -733,8 +741,8 @@ def build_model(run, x, y):
 
 
 def micro_step(run, train_model, x, y):
-    """Forward and backward of one micro-batch; returns the mean loss, detached. The model returns per-token
-    losses here as in evaluation, so that both run the one compiled graph (see evaluate)."""
+    """Forward and backward of one micro-batch; returns the mean loss, detached. (Per-token losses, then their
+    mean: the graph that the measured figures and the warm compile caches hold.)"""
     with run.autocast():
         loss = train_model(x, y, reduction="none").mean()
     (loss / run.grad_accum).backward()
@@ -809,30 +817,16 @@ def train(run, model, train_model, optimizer, train_loader, first_loss, x, y, un
     return step, time.time() - budget_start, budget_start
 
 
-class TrainingGraphForward(nn.Module):
-    """The compiled training model as evaluate_bpb wants it. evaluate_bpb scores under torch.no_grad(); a compiled
-    model called there would trace and compile a second, inference-only graph (tens of seconds cold). With grad
-    mode back on, the training graph's forward serves as it is; the losses are detached, so nothing is kept."""
-
-    def __init__(self, train_model):
-        super().__init__()
-        self.train_model = train_model
-
-    def forward(self, x, y, reduction="mean"):
-        with torch.enable_grad():
-            return self.train_model(x, y, reduction=reduction).detach()
+def save_for_evaluation(run, model, attention):
+    """Save the trained model as MODEL_FILE for evaluate.py: the weights as trained, the attention in a plan that can
+    be saved, the training's precision. Returns (seconds, megabytes)."""
+    t0 = time.time()
+    attention.exportable()
+    size = save_model(model, DEVICE_BATCH_SIZE, MODEL_FILE, autocast_dtype=torch.bfloat16 if run.bf16 else None)
+    return time.time() - t0, size / 2**20
 
 
-def evaluate(run, model, train_model, compiled):
-    scorer = TrainingGraphForward(train_model) if compiled else model
-    with run.autocast():
-        val_bpb = evaluate_bpb(scorer, run.tokenizer, DEVICE_BATCH_SIZE)
-    if not math.isfinite(val_bpb):
-        fail(f"val_bpb is not finite ({val_bpb})")
-    return val_bpb
-
-
-def summarize(run, model, val_bpb, steps, untimed_steps, training_time, startup_seconds, eval_seconds):
+def summarize(run, model, steps, untimed_steps, training_time, startup_seconds, export_seconds, model_mb):
     flops_per_token, peak = model.flops_per_token(), peak_flops(run.device)
     timed_steps = steps - untimed_steps
     mfu = 100 * flops_per_token * TOTAL_BATCH_SIZE * timed_steps / training_time / peak if peak and training_time > 0 else 0.0
@@ -843,11 +837,11 @@ def summarize(run, model, val_bpb, steps, untimed_steps, training_time, startup_
     else:
         peak_vram_mb = 0.0
     print("---")
-    print(f"val_bpb:          {val_bpb:.6f}")
     print(f"training_seconds: {training_time:.1f}")
     print(f"total_seconds:    {time.time() - T_PROCESS_START:.1f}")
     print(f"startup_seconds:  {startup_seconds:.1f}")
-    print(f"eval_seconds:     {eval_seconds:.1f}")
+    print(f"export_seconds:   {export_seconds:.1f}")
+    print(f"model_mb:         {model_mb:.1f}")
     print(f"peak_vram_mb:     {peak_vram_mb:.1f}")
     print(f"mfu_percent:      {mfu:.2f}")
     print(f"total_tokens_M:   {steps * TOTAL_BATCH_SIZE / 1e6:.1f}")
@@ -881,12 +875,13 @@ def main():
 
     steps, training_time, budget_start = train(run, model, train_model, optimizer, train_loader, first_loss, x, y,
                                                untimed_steps, clock)
-    if run.use_cuda:  # the summary's peak_vram_mb covers evaluation too: this line tells the two apart
-        print(f"peak VRAM before evaluation: {torch.cuda.max_memory_allocated(run.device) / 1024**2:.1f} MB")
-    t_eval = time.time()
-    val_bpb = evaluate(run, model, train_model, compiled)
-    eval_seconds = time.time() - t_eval
-    summarize(run, model, val_bpb, steps, untimed_steps, training_time, budget_start - T_PROCESS_START, eval_seconds)
+    export_seconds, model_mb = save_for_evaluation(run, model, attention)
+    summarize(run, model, steps, untimed_steps, training_time, budget_start - T_PROCESS_START, export_seconds, model_mb)
+    if "AUTORESEARCH_TASK" not in os.environ:
+        # by hand: score it as the harness would, in a fresh process (this one's memory goes back first)
+        sys.stdout.flush()
+        evaluator = os.path.join(os.path.dirname(os.path.abspath(__file__)), "evaluate.py")
+        os.execv(sys.executable, [sys.executable, evaluator, MODEL_FILE])
 
 
 if __name__ == "__main__":

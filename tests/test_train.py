@@ -25,8 +25,9 @@ REPO = Path(__file__).resolve().parents[1]
 PREPARE_EDITS = {"MAX_SEQ_LEN": "128", "TIME_BUDGET": "5", "EVAL_TOKENS": "64 * 128 * 4", "VOCAB_SIZE": "512"}
 TRAIN_EDITS = {"DEPTH": "2", "ASPECT_RATIO": "32", "HEAD_DIM": "32", "WINDOW_PATTERN": '"SL"',
                "TOTAL_BATCH_SIZE": "2**13", "DEVICE_BATCH_SIZE": "32"}
-SUMMARY_KEYS = ["val_bpb", "training_seconds", "total_seconds", "startup_seconds", "eval_seconds", "peak_vram_mb",
+SUMMARY_KEYS = ["training_seconds", "total_seconds", "startup_seconds", "export_seconds", "model_mb", "peak_vram_mb",
                 "mfu_percent", "total_tokens_M", "num_steps", "num_params_M", "depth"]
+EVALUATION_KEYS = ["val_bpb", "eval_seconds"]  # printed by evaluate.py, which train.py hands over to when run by hand
 
 
 def set_constants(path: Path, edits: dict[str, str]) -> None:
@@ -50,7 +51,7 @@ def toy_project(tmp_path_factory: pytest.TempPathFactory, make_corpus_slice) -> 
     """(a folder holding toy-size prepare.py + train.py, the prepared cache), built with `prepare.py --source`."""
     root = tmp_path_factory.mktemp("toy_project")
     source = make_corpus_slice(root / "source", train_rows=300, val_rows=256)
-    for name in ("prepare.py", "train.py"):
+    for name in ("prepare.py", "evaluate.py", "train.py"):
         shutil.copy(REPO / name, root / name)
     set_constants(root / "prepare.py", PREPARE_EDITS)
     set_constants(root / "train.py", TRAIN_EDITS)
@@ -61,11 +62,14 @@ def toy_project(tmp_path_factory: pytest.TempPathFactory, make_corpus_slice) -> 
 
 
 def parse_summary(stdout: str) -> list[tuple[str, str]]:
+    """The `key: value` lines after the last `---`, the evaluator's `evaluation: ...` line left out."""
     lines = stdout.splitlines()
     assert "---" in lines, f"no summary block in:\n{stdout[-3000:]}"
     block = lines[len(lines) - 1 - lines[::-1].index("---") + 1:]
     pairs = []
     for line in block:
+        if line.startswith("evaluation: "):
+            continue
         m = re.fullmatch(r"(\w+):( +)(\S+)", line)
         assert m, f"summary line not `key: value`: {line!r}"
         assert len(m[1]) + 1 + len(m[2]) == 18, f"value not aligned at column 18: {line!r}"
@@ -86,14 +90,17 @@ def test_toy_run_on_cpu_ends_with_complete_summary(toy_project):
     assert list(phases) == ["imports", "set-up", "data", "first micro-step", "first update", "warm-up steps"]
     assert sum(map(float, phases.values())) == pytest.approx(float(startup[2]), abs=0.05 * len(phases) + 0.01)
     summary = parse_summary(done.stdout)
-    assert [key for key, _ in summary] == SUMMARY_KEYS
+    assert [key for key, _ in summary] == SUMMARY_KEYS + EVALUATION_KEYS
     values = {key: float(value) for key, value in summary}
     assert math.isfinite(values["val_bpb"]) and values["val_bpb"] > 0
+    assert re.search(r"^evaluation: model\.export \| batch 32 x 128 \| cpu \| .* causality checked on \d+ rows$",
+                     done.stdout, re.M)
+    assert (root / "model.export").stat().st_size == pytest.approx(values["model_mb"] * 2**20, abs=0.06 * 2**20)
     assert values["training_seconds"] >= 5  # the whole (edited) TIME_BUDGET was trained
     assert values["startup_seconds"] == pytest.approx(float(startup[2]), abs=0.15)
-    assert values["eval_seconds"] > 0
-    # each figure is rounded to 0.1 s
-    assert values["startup_seconds"] + values["training_seconds"] + values["eval_seconds"] <= values["total_seconds"] + 0.15
+    assert values["eval_seconds"] > 0 and values["export_seconds"] > 0
+    # each figure is rounded to 0.1 s; evaluation runs after the training process, which total_seconds covers
+    assert values["startup_seconds"] + values["training_seconds"] + values["export_seconds"] <= values["total_seconds"] + 0.15
     assert values["peak_vram_mb"] == 0.0 and values["mfu_percent"] == 0.0  # CPU: no VRAM, no known peak
     assert values["num_steps"] >= 2 and values["num_steps"] == int(values["num_steps"])
     assert values["total_tokens_M"] == pytest.approx(values["num_steps"] * 2**13 / 1e6, abs=0.051)
@@ -104,7 +111,7 @@ def test_toy_run_on_cpu_ends_with_complete_summary(toy_project):
 @pytest.mark.slow
 def test_exploding_learning_rates_fail_fast(toy_project, tmp_path):
     root, cache = toy_project
-    for name in ("prepare.py", "train.py"):
+    for name in ("prepare.py", "evaluate.py", "train.py"):
         shutil.copy(root / name, tmp_path / name)
     set_constants(tmp_path / "train.py", {name: "1e30" for name in ("EMBEDDING_LR", "UNEMBEDDING_LR", "MATRIX_LR", "SCALAR_LR")})
     done = run_script(tmp_path, cache, "train.py")
@@ -115,7 +122,7 @@ def test_exploding_learning_rates_fail_fast(toy_project, tmp_path):
 @pytest.mark.slow
 def test_out_of_memory_in_the_first_step_says_what_to_lower(toy_project, tmp_path):
     root, cache = toy_project
-    for name in ("prepare.py", "train.py"):
+    for name in ("prepare.py", "evaluate.py", "train.py"):
         shutil.copy(root / name, tmp_path / name)
     script = (tmp_path / "train.py").read_text()
     forward = '        loss = train_model(x, y, reduction="none").mean()\n'  # the micro-step's forward
@@ -130,7 +137,7 @@ def test_out_of_memory_in_the_first_step_says_what_to_lower(toy_project, tmp_pat
 @pytest.mark.slow
 def test_a_cpu_run_too_large_for_memory_is_refused_before_it_starts(toy_project, tmp_path):
     root, cache = toy_project
-    for name in ("prepare.py", "train.py"):
+    for name in ("prepare.py", "evaluate.py", "train.py"):
         shutil.copy(root / name, tmp_path / name)
     # the README's toy model, with 2**17 rows a micro-step: over 8 TiB of attention probabilities alone
     set_constants(tmp_path / "train.py", {"DEVICE_BATCH_SIZE": "2**17", "TOTAL_BATCH_SIZE": "2**24"})
@@ -183,33 +190,25 @@ def test_compile_caches_live_beside_the_data_unless_the_environment_says_otherwi
     assert train.use_persistent_compile_cache() == "/elsewhere"
 
 
-def test_evaluation_runs_the_compiled_training_graph_without_compiling_another(use_tiny_cache, monkeypatch):
-    # torch.compile's guards, not its back-end, decide a recompile: aot_eager keeps this fast on a CPU
-    from torch._dynamo.utils import counters
+def test_the_saved_model_scores_what_the_trained_one_scores_in_process(use_tiny_cache, monkeypatch, tmp_path):
+    # train.py's own saving step (attention switched to a plan that can be saved), then the sealed evaluator
+    import evaluate
     import prepare
-    monkeypatch.setattr(prepare, "MAX_SEQ_LEN", 32)
-    monkeypatch.setattr(prepare, "EVAL_TOKENS", 10 * 32)  # 10 rows: batches of 4, 4 and a padded 2
+    monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(train, "DEVICE_BATCH_SIZE", 4)
     tokenizer = prepare.Tokenizer.from_directory()
     torch.manual_seed(0)
-    config = train.GPTConfig(sequence_len=32, vocab_size=tokenizer.get_vocab_size(), n_layer=2, n_head=2, n_embd=32,
-                             window_pattern="SL")
+    config = train.GPTConfig(sequence_len=prepare.MAX_SEQ_LEN, vocab_size=tokenizer.get_vocab_size(), n_layer=2,
+                             n_head=1, n_embd=32, window_pattern="SL")
     model = train.GPT(config)
     model.init_weights()
-    model.attention.prepare(model.windows, 32, "cpu")
-    torch._dynamo.reset()
-    counters.clear()
-    compiled = torch.compile(model, dynamic=False, fullgraph=True, backend="aot_eager")
+    model.attention.prepare(model.windows, prepare.MAX_SEQ_LEN, "cpu")
     run = train.Run(torch.device("cpu"), bf16=False, seed=0, config=config, tokenizer=tokenizer, grad_accum=1)
-    x, y, _ = next(prepare.make_dataloader(tokenizer, 4, 32, "train", device="cpu"))
-    train.micro_step(run, compiled, x, y)
-    assert counters["stats"]["unique_graphs"] == 1
-    grads = [p.grad.clone() for p in model.parameters()]
-    bpb = train.evaluate(run, model, compiled, compiled=True)
-    assert counters["stats"]["unique_graphs"] == 1, "evaluation compiled a second graph"
-    assert bpb == pytest.approx(prepare.evaluate_bpb(model, tokenizer, 4), rel=1e-5)  # the eager model's score
-    assert all(torch.equal(p.grad, g) for p, g in zip(model.parameters(), grads))  # evaluation added no gradients
-    torch._dynamo.reset()
+    seconds, megabytes = train.save_for_evaluation(run, model, model.attention)
+    assert seconds > 0 and megabytes == pytest.approx((tmp_path / train.MODEL_FILE).stat().st_size / 2**20)
+    assert evaluate.evaluate_file(train.MODEL_FILE)["val_bpb"] == prepare.evaluate_bpb(model, tokenizer, 4)
+    assert all(p.requires_grad for p in model.parameters()) and model.training  # training could go on
+
 
 # ---------------------------------------------------------------------------
 # Model pieces
