@@ -11,6 +11,8 @@
 #   profile[:NAME[:SETTINGS]]    tests/bench_step.py on the default config (or SETTINGS): step time, kernel breakdown;
 #                                a SETTINGS entry I.key=value sets an Inductor option (e.g. I.prologue_fusion=False)
 #   attention                    tests/bench_attention.py: the banded attention's methods, timed and checked
+#   sealed:NAME:STEPS            tests/bench_sealed.py: STEPS steps of the default model, then its val_bpb in-process
+#                                and from evaluate.py on the saved model.export, with the time each took
 # Corpus: every .py file of the host's site-packages, split by file into train and a pinned val shard that
 # holds more than EVAL_TOKENS (a third of the files, ~130 M chars), so val_bpb scores EVAL_TOKENS exactly as the upstream does.
 # Usage: JOBS="ours:o-cold:10:cold ours:o-100:100:warm" bash .ci/device-h200.sh OUT_DIR   (carry .whl/)
@@ -59,7 +61,7 @@ fi
 
 copy_ours() {  # DIR BUDGET SETTINGS: prints the seed to use
   local dir=$1 seed=42 setting
-  rm -rf "$dir"; mkdir -p "$dir/tests"; cp prepare.py train.py "$dir/"; cp tests/bench_*.py "$dir/tests/"
+  rm -rf "$dir"; mkdir -p "$dir/tests"; cp prepare.py evaluate.py train.py "$dir/"; cp tests/bench_*.py "$dir/tests/"
   sed -i -E "s/^TIME_BUDGET = 300( |$)/TIME_BUDGET = $2\1/" "$dir/prepare.py"
   for setting in ${3//,/ }; do
     case $setting in
@@ -95,8 +97,10 @@ for job in ${JOBS:?set JOBS}; do
       name=${name:-profile}; inductor=$(tr , '\n' <<< "$budget" | sed -n 's/^I\.//p' | paste -sd,)
       copy_ours "/tmp/ours-$name" 300 "$(tr , '\n' <<< "$budget" | grep -v '^I\.' | paste -sd,)" > /dev/null &&
         (cd "/tmp/ours-$name" && BENCH_INDUCTOR=$inductor PYTHONPATH=/tmp/ours-$name:$PYTHONPATH python3 tests/bench_step.py) > "$OUT/$name.log" 2>&1; echo "rc $?" >> "$OUT/$name.log" ;;
+    sealed) copy_ours "/tmp/ours-$name" 300 "" > /dev/null &&
+        (cd "/tmp/ours-$name" && python3 tests/bench_sealed.py "$budget") > "$OUT/$name.log" 2>&1; echo "rc $?" >> "$OUT/$name.log" ;;
     attention) name=attention; python3 tests/bench_attention.py > "$OUT/attention.log" 2>&1; echo "rc $?" >> "$OUT/attention.log" ;;
   esac
-  grep -E "^(startup:|dynamo_times:|compile cache:|method:|step_ms:|kind:|inductor:|val_bpb|training_seconds|total_seconds|startup_seconds|eval_seconds|mfu_percent|num_steps|rc )" "$OUT/$name.log" 2>/dev/null
+  grep -E "^(startup:|dynamo_times:|compile cache:|method:|step_ms:|kind:|inductor:|val_bpb|training_seconds|total_seconds|startup_seconds|eval_seconds|export_seconds|model_mb|peak_vram_mb|mfu_percent|num_steps|evaluation:|refused:|in_process|sealed|difference|evaluator_wall|rc )" "$OUT/$name.log" 2>/dev/null
 done
 echo "== done at ${SECONDS}s"
