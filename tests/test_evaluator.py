@@ -15,8 +15,10 @@ pytest_plugins = ["pytester"]
 
 VALUE = "experiments/t/value.txt"
 EVALUATE = "experiments/t/evaluate.py"
-# the runner trains nothing: it saves the candidate's value as its "model", and prints a score of its own
+# the runner trains nothing: it saves the candidate's value as its "model", and prints a score of its own. No
+# earlier evaluation's folder is left beside its own (the baseline's was removed once it was scored).
 RUNNER = '''import pathlib
+assert not list(pathlib.Path("..").glob("evaluator-*"))
 value = pathlib.Path("experiments/t/value.txt").read_text()
 pathlib.Path("model.export").write_text(value)
 print("score: 1000")
@@ -140,6 +142,12 @@ def test_a_failing_evaluator_is_a_crash_quoting_its_last_line(pytester, research
     assert records(pytester.path)[-1]["reason"] == reason and value(pytester) == "1\n"
 
 
+def test_an_evaluator_printing_no_score_is_a_crash_naming_it(pytester, research):
+    evaluated_task(pytester, evaluator='print("score: 1" if open("model.export").read() == "1\\n" else "done")\n')
+    research()
+    assert records(pytester.path)[-1]["reason"].startswith("no metric: no line of the evaluator's stdout matches")
+
+
 def test_a_baseline_the_evaluator_refuses_is_a_crash(pytester, research):
     evaluated_task(pytester, evaluator='print("refused: no model")\nraise SystemExit(2)\n')
     result = research()
@@ -204,6 +212,9 @@ BAD_TASKS = {
     "budget-computed": ({"runner": {"budget": f"{CONFIG}:COMPUTED", "startup_allowance": 1}},
                         f"runner.budget: {CONFIG}:COMPUTED is not a number (an int or float literal, or + - * / // "
                         f"of them)"),
+    "budget-reassigned": ({"runner": {"budget": f"{CONFIG}:GROWN", "startup_allowance": 1}},
+                          f"runner.budget: {CONFIG}:GROWN is not a number (an int or float literal, or + - * / // "
+                          f"of them)"),
     "budget-negative": ({"runner": {"budget": f"{CONFIG}:NEGATIVE", "startup_allowance": 1}},
                         f"runner.budget: {CONFIG}:NEGATIVE is -60, not a number of seconds > 0"),
     "budget-zero": ({"runner": {"budget": 0, "startup_allowance": 1}},
@@ -242,7 +253,8 @@ BAD_TASKS = {
 def test_a_bad_evaluator_or_budget_is_one_line(pytester, research, case):
     spec, message = BAD_TASKS[case]
     write_task(pytester.path, spec={"protected": [CONFIG], **spec})
-    (pytester.path / CONFIG).write_text('NAME = "five"\nCOMPUTED = int("5")\nNEGATIVE = -1 * 60\n')
+    (pytester.path / CONFIG).write_text('NAME = "five"\nCOMPUTED = int("5")\nNEGATIVE = -1 * 60\nGROWN = 5\n'
+                                        'GROWN += 1\n')
     result = research()
     assert result.ret == 1
     result.stdout.fnmatch_lines([f"*experiments/t/task.yaml: {message}"])
