@@ -366,8 +366,8 @@ def _evaluator(value: Any, protected: tuple[str, ...], scorer: Scorer, fail) -> 
     max_bytes = spec.get("max_bytes", DEFAULT_RECEIVED_MAX_BYTES)
     if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1:
         raise fail("evaluator.max_bytes", f"must be an integer >= 1 (bytes), got {max_bytes!r}")
-    return Evaluator(command, receives, max_bytes, _number(spec, "timeout", DEFAULT_EVALUATOR_TIMEOUT, "evaluator", fail),
-                     _isolation(spec, "evaluator", fail))
+    timeout = _number(spec, "timeout", DEFAULT_EVALUATOR_TIMEOUT, "evaluator", fail)
+    return Evaluator(command, receives, max_bytes, timeout, _isolation(spec, "evaluator", fail))
 
 
 def _prompt(value: Any, rootdir: Path, fail) -> Path:

@@ -186,7 +186,8 @@ def test_a_runner_past_its_budget_is_killed_at_the_limit(pytester, research, run
 
 
 def test_a_runner_within_its_budget_is_scored(pytester, research):
-    honest = 'import pathlib, time\ntime.sleep(0.2)\nprint("score:", pathlib.Path("experiments/t/value.txt").read_text())\n'
+    honest = ('import pathlib, time\ntime.sleep(0.2)\n'
+              'print("score:", pathlib.Path("experiments/t/value.txt").read_text())\n')
     write_task(pytester.path, score=honest, spec={"protected": [CONFIG], "runner": {
         "budget": f"{CONFIG}:TIME_BUDGET", "startup_allowance": 1}})
     (pytester.path / CONFIG).write_text("TIME_BUDGET = 1\n")
@@ -227,7 +228,8 @@ BAD_TASKS = {
     "allowance-without-budget": ({"runner": {"startup_allowance": 5}},
                                  "runner.startup_allowance: only means something with runner.budget"),
     "evaluator-not-a-mapping": ({"evaluator": "python prepare.py"}, "evaluator: must be a mapping, got str"),
-    "evaluator-without-command": ({"evaluator": {"receives": "model.export"}}, "evaluator.command: missing required key"),
+    "evaluator-without-command": ({"evaluator": {"receives": "model.export"}},
+                                  "evaluator.command: missing required key"),
     "evaluator-without-receives": ({"evaluator": {"command": "true"}}, "evaluator.receives: missing required key"),
     "receives-absolute": ({"evaluator": {"command": "true", "receives": "/tmp/model.export"}},
                           "evaluator.receives: '/tmp/model.export' is an absolute path; use a path relative to the "
