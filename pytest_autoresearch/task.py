@@ -352,6 +352,8 @@ def _budget(runner: Mapping[str, Any], rootdir: Path, protected: tuple[str, ...]
 
 
 def _evaluator(value: Any, protected: tuple[str, ...], scorer: Scorer, fail) -> Evaluator:
+    """task.yaml's `evaluator:` (evaluator.py). What it receives must be the runner's own file: neither a protected
+    file (the sealed one would be overwritten) nor the file a json-file scorer reads (the runner's score again)."""
     spec = _mapping(value, "evaluator", EVALUATOR_KEYS, fail)
     command = _command(spec, "evaluator", fail)
     if "receives" not in spec:
