@@ -80,13 +80,15 @@ def _runs(engine: Engine, task: Task, content_hash: str, source: Path, baseline:
     that need a new baseline score it side by side, R runs on R GPUs in the time of one, while a single process
     simply runs them in turn. Finished runs are kept beside results.jsonl (<results>.baseline-runs/, atomic
     JSON), so an interruption loses only the runs in flight; a saved run counts only for the same runner,
-    metric and protected files (its `setup`)."""
+    metric, protected files and evaluator (its `setup`)."""
     folder = engine.storage.results.baseline_runs / task.name / content_hash
     folder.mkdir(parents=True, exist_ok=True)
     sandbox = scratch / "baseline"
     protected = protected_hashes(task, read_contents(source, [rel for rel in scan(source) if task.is_protected(rel)]))
+    # an evaluator scores in the runner's place: a run saved without it (or with another) is no run of this setup
+    evaluator = [task.evaluator.command, task.evaluator.receives] if task.evaluator is not None else []
     setup = hashlib.sha256(json.dumps([task.runner_command, task.metric, task.scorer.setup,
-                                       sorted(protected.items())]).encode()).hexdigest()[:16]
+                                       sorted(protected.items()), *evaluator]).encode()).hexdigest()[:16]
 
     def run(r: int) -> dict[str, Any]:
         if not sandbox.exists():

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,19 +41,7 @@ class Engine:
 
     def artifacts_in(self, task: Task, root: Path) -> dict[str, Content]:
         """Current content of every artifact file under root, walking only the globs' literal folders."""
-        paths: set[str] = set()
-        for glob in task.artifacts:
-            parts = glob.split("/")
-            literal = []
-            for part in parts:
-                if WILDCARD.search(part):
-                    break
-                literal.append(part)
-            if len(literal) == len(parts) and not glob.endswith("/"):
-                paths.add(glob)  # a plain path: no walk needed
-            else:
-                paths.update(scan(root, "/".join(p for p in literal if p)))
-        return read_contents(root, sorted(p for p in paths if task.is_artifact(p)))
+        return read_contents(root, matching_paths(root, task.artifacts, task.is_artifact))
 
     def env(self, task: Task, iteration: int, baseline_score: float | None, seed: int, sandbox: Path,
             extra: dict[str, str]) -> dict[str, str]:
@@ -80,3 +69,21 @@ class Engine:
             return sandbox / path.relative_to(self.rootdir)
         except ValueError:
             return path
+
+
+def matching_paths(root: Path, globs: Iterable[str], wanted: Callable[[str], bool]) -> list[str]:
+    """The paths under root that `globs` name and `wanted` takes, sorted, walking only the globs' literal
+    folders; a plain path is taken as it is (it may not exist)."""
+    paths: set[str] = set()
+    for glob in globs:
+        parts = glob.split("/")
+        literal = []
+        for part in parts:
+            if WILDCARD.search(part):
+                break
+            literal.append(part)
+        if len(literal) == len(parts) and not glob.endswith("/"):
+            paths.add(glob)  # a plain path: no walk needed
+        else:
+            paths.update(scan(root, "/".join(p for p in literal if p)))
+    return sorted(p for p in paths if wanted(p))

@@ -1,5 +1,6 @@
-"""Step 4, run and score: the task's runner on a sandbox, its score and metrics read through the task's scorer;
-a candidate is run until its policy settles."""
+"""Step 4, run and score: the task's runner on a sandbox, within its time limit (budget.py), its score and
+metrics read through the task's scorer from its own output or, with an `evaluator:`, from the evaluator's
+(evaluator.py); a candidate is run until its policy settles."""
 
 from __future__ import annotations
 
@@ -9,13 +10,15 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from .early_stop import Curve, Watcher
-from .engine import Engine
+from .engine import Engine, matching_paths
 from .errors import Crashed, Rejected
+from .evaluator import evaluation, received_problem
 from .isolation import command_wrapper, storage_paths
 from .noise import Noise
 from .process import run_logged
 from .results import mean
 from .scorers import NoScore, NotFinite, extract_metrics
+from .seal import seal
 from .task import Task
 
 
@@ -47,11 +50,21 @@ class Runs:
 
 def score_once(task: Task, sandbox: Path, env: Mapping[str, str], log: BinaryIO, header: str,
                hidden: Iterable[Path] = (), watcher: Watcher | None = None) -> RunOutcome:
-    """One run of the runner in sandbox; under runner.isolation, `hidden` (the engine's storage) is out of its
-    sight. A watcher (policy.early_stop against the baseline's curves) may stop the run half-way."""
+    """One run of the runner in sandbox, then of the task's evaluator, if any; under runner.isolation, `hidden`
+    (the engine's storage) is out of its sight. A watcher (policy.early_stop against the baseline's curves) may
+    stop the run half-way."""
     gpu = f" on CUDA_VISIBLE_DEVICES={env['CUDA_VISIBLE_DEVICES']}" if "CUDA_VISIBLE_DEVICES" in env else ""
     log.write(f"[autoresearch] {header}{gpu}: {task.runner_command}\n".encode())
     log.flush()
+    # what the evaluator and the budget read, taken before the runner can rewrite it
+    sealed = seal(sandbox, matching_paths(sandbox, task.protected, task.is_protected)) \
+        if task.evaluator is not None or task.budget is not None else {}
+    limit, past_limit = task.runner_timeout, None
+    if task.budget is not None:
+        try:
+            limit, past_limit = task.budget.limit(sealed, task.runner_timeout)
+        except ValueError as e:
+            return RunOutcome(None, 0.0, f"runner.budget: {e}")
     evidence: dict[str, Any] = {}
 
     def watch(line: str) -> bool:
@@ -59,7 +72,7 @@ def score_once(task: Task, sandbox: Path, env: Mapping[str, str], log: BinaryIO,
         evidence.update(found or {})
         return found is not None
 
-    result = run_logged(task.runner_command, sandbox, env, task.runner_timeout, log,
+    result = run_logged(task.runner_command, sandbox, env, limit, log,
                         command_wrapper(task.runner_isolation, task.rootdir, sandbox, hidden, env=env),
                         watch if watcher is not None else None)
     rule = task.policy.early_stop
@@ -67,15 +80,33 @@ def score_once(task: Task, sandbox: Path, env: Mapping[str, str], log: BinaryIO,
     if result.stopped:
         return RunOutcome(None, result.seconds, metrics=extract_metrics(result.stdout), curve=curve,
                           stopped={**evidence, "run_seconds": round(result.seconds, 3)})
-    if (failure := result.failure("runner", task.runner_timeout)) is not None:
-        return RunOutcome(None, result.seconds, failure)
+    if (failure := result.failure("runner", limit)) is not None:
+        return RunOutcome(None, result.seconds, past_limit if result.timed_out and past_limit else failure)
+    if task.evaluator is None:
+        return _outcome(task, result.stdout, sandbox, result.seconds, curve)
+    if (problem := received_problem(sandbox, task.evaluator)) is not None:
+        return RunOutcome(None, result.seconds, problem)
+    with evaluation(task.evaluator, task.rootdir, sandbox, sealed, env, log, hidden) as evaluated:
+        seconds = result.seconds + evaluated.result.seconds  # the evaluation is GPU time too
+        if evaluated.failure is not None:
+            return RunOutcome(None, seconds, evaluated.failure)
+        # the runner's other metrics stay, below the evaluator's: its own score line counts for nothing
+        return _outcome(task, evaluated.result.stdout, evaluated.folder, seconds, curve, "evaluator",
+                        extract_metrics(result.stdout))
+
+
+def _outcome(task: Task, stdout: str, folder: Path, seconds: float, curve: tuple[tuple[float, float], ...],
+             source: str = "runner", below: Mapping[str, float] | None = None) -> RunOutcome:
+    """The run's outcome from what `source` printed and left in folder, read through the task's scorer; the
+    metrics `below` (the runner's, under an evaluator) go under those it read."""
+    below = below or {}
     try:
-        scored = task.scorer.read(result.stdout, sandbox)
+        scored = task.scorer.read(stdout, folder, source)
     except NotFinite as e:
-        return RunOutcome(e.value, result.seconds, None, extract_metrics(result.stdout), str(e))
+        return RunOutcome(e.value, seconds, None, {**below, **extract_metrics(stdout)}, str(e))
     except NoScore as e:
-        return RunOutcome(None, result.seconds, str(e), extract_metrics(result.stdout))
-    return RunOutcome(scored.score, result.seconds, None, scored.metrics, curve=curve)
+        return RunOutcome(None, seconds, str(e), {**below, **extract_metrics(stdout)})
+    return RunOutcome(scored.score, seconds, None, {**below, **scored.metrics}, curve=curve)
 
 
 def score_candidate(engine: Engine, task: Task, iteration: int, baseline_scores: list[float], sandbox: Path,

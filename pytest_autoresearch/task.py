@@ -15,6 +15,8 @@ from typing import Any
 
 import yaml
 
+from .budget import Budget, budget_source
+from .evaluator import Evaluator
 from .gpus import auto_gpus
 from . import isolation, scorers
 from .isolation import Isolation
@@ -26,15 +28,18 @@ DIRECTIONS = ("minimize", "maximize")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # task names become folder names under work/logs
 
 TOP_KEYS = ("name", "description", "artifacts", "protected", "mutation", "mutator", "runner", "scorer", "policy",
-            "setup")
+            "setup", "evaluator")
 REQUIRED_TOP_KEYS = ("artifacts", "mutator", "runner", "scorer")
 MUTATION_KEYS = ("max_files", "max_lines", "max_bytes")
 MUTATOR_KEYS = ("command", "timeout", "prompt", "isolation", "network", "hparams")
-RUNNER_KEYS = ("command", "timeout", "gpus", "isolation", "network")
+RUNNER_KEYS = ("command", "timeout", "gpus", "isolation", "network", "budget", "startup_allowance")
+EVALUATOR_KEYS = ("command", "receives", "max_bytes", "timeout", "isolation", "network")  # evaluator.py
 SETUP_KEYS = ("command", "timeout")  # prepares a Ray node once (ray_executor.py); the local executor leaves it to you
 DEFAULT_MUTATOR_TIMEOUT = 300.0
 DEFAULT_RUNNER_TIMEOUT = 600.0
 DEFAULT_SETUP_TIMEOUT = 3600.0
+DEFAULT_EVALUATOR_TIMEOUT = 600.0
+DEFAULT_RECEIVED_MAX_BYTES = 4 << 30  # a model's weights, and far below what a candidate could fill a disk with
 # a candidate's changed files, all together: room for any source file (train.py is ~30 kB), while what is read
 # and diffed stays far below the memory of a small machine (a 2 GB artifact once drove pytest to 8.2 GB RSS)
 DEFAULT_MAX_BYTES = 8 * 1024 * 1024
@@ -71,6 +76,8 @@ class Task:
     runner_isolation: Isolation | None = None
     setup_command: str | None = None  # setup.command: run once per Ray node before its first iteration there
     setup_timeout: float = DEFAULT_SETUP_TIMEOUT
+    evaluator: Evaluator | None = None  # None: the score is read from the runner's own output
+    budget: Budget | None = None  # runner.budget: None, the run's limit is runner.timeout alone
 
     @property
     def workspace_mode(self) -> bool:
@@ -207,6 +214,7 @@ def load_task(path: Path, rootdir: Path) -> Task:
     runner_command = _command(runner, "runner", fail)
     runner_timeout = _number(runner, "timeout", DEFAULT_RUNNER_TIMEOUT, "runner", fail)
     runner_isolation = _isolation(runner, "runner", fail)
+    budget = _budget(runner, rootdir, protected, fail)
     if runner.get("gpus") == "auto":
         gpus = auto_gpus()
     elif isinstance(runner.get("gpus"), str):
@@ -226,6 +234,7 @@ def load_task(path: Path, rootdir: Path) -> Task:
     if direction not in DIRECTIONS:
         raise fail("scorer.direction", "missing required key (minimize or maximize)" if direction is None
                    else f"must be minimize or maximize, got {direction!r}")
+    evaluator = _evaluator(data["evaluator"], protected, scorer, fail) if "evaluator" in data else None
 
     policy_spec = data.get("policy") or {}
     try:
@@ -240,7 +249,8 @@ def load_task(path: Path, rootdir: Path) -> Task:
                 mutator_timeout=mutator_timeout, prompt=prompt, runner_command=runner_command,
                 runner_timeout=runner_timeout, gpus=gpus, metric=scorer.metric, scorer=scorer, constraints=constraints,
                 direction=direction, policy=policy, mutator_isolation=mutator_isolation,
-                runner_isolation=runner_isolation, setup_command=setup_command, setup_timeout=setup_timeout)
+                runner_isolation=runner_isolation, setup_command=setup_command, setup_timeout=setup_timeout,
+                evaluator=evaluator, budget=budget)
 
 
 def schema() -> dict[str, tuple[str, ...]]:
@@ -249,7 +259,7 @@ def schema() -> dict[str, tuple[str, ...]]:
     from . import policies
     policy_keys = tuple(dict.fromkeys(key for kind in policies.kinds() for key in policies.keys(kind)))
     return {"": TOP_KEYS, "mutation": MUTATION_KEYS, "mutator": MUTATOR_KEYS, "runner": RUNNER_KEYS,
-            "setup": SETUP_KEYS, "scorer": scorers.keys(), "policy": policy_keys}
+            "setup": SETUP_KEYS, "scorer": scorers.keys(), "policy": policy_keys, "evaluator": EVALUATOR_KEYS}
 
 
 def _check_keys(data: Mapping[str, Any], allowed: tuple[str, ...], prefix: str, fail) -> None:
@@ -317,6 +327,49 @@ def _isolation(section: Mapping[str, Any], role: str, fail) -> Isolation | None:
         key, _, message = problem.partition(": ")
         raise fail(key, message)
     return chosen
+
+
+def _budget(runner: Mapping[str, Any], rootdir: Path, protected: tuple[str, ...], fail) -> Budget | None:
+    """runner.budget and runner.startup_allowance (budget.py); None without them."""
+    if "budget" not in runner:
+        if "startup_allowance" in runner:
+            raise fail("runner.startup_allowance", "only means something with runner.budget")
+        return None
+    allowance = _number(runner, "startup_allowance", None, "runner", fail)
+    if allowance is None:
+        raise fail("runner.startup_allowance", "missing required key (with runner.budget: the seconds on top of it "
+                                               "for start-up, compilation and saving the model)")
+    value = runner["budget"]
+    if isinstance(value, str) and ":" in value:
+        try:
+            file, name = budget_source(value, rootdir, lambda rel: any(glob_regex(g).match(rel) for g in protected))
+        except ValueError as e:
+            raise fail("runner.budget", str(e)) from None
+        return Budget(allowance, file=file, name=name)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= MAX_TIMEOUT_S:
+        raise fail("runner.budget", f"must be seconds > 0 or FILE:NAME (a constant of a protected file), got {value!r}")
+    return Budget(allowance, seconds=float(value))
+
+
+def _evaluator(value: Any, protected: tuple[str, ...], scorer: Scorer, fail) -> Evaluator:
+    """task.yaml's `evaluator:` (evaluator.py). What it receives must be the runner's own file: neither a protected
+    file (the sealed one would be overwritten) nor the file a json-file scorer reads (the runner's score again)."""
+    spec = _mapping(value, "evaluator", EVALUATOR_KEYS, fail)
+    command = _command(spec, "evaluator", fail)
+    if "receives" not in spec:
+        raise fail("evaluator.receives", "missing required key")
+    (receives,) = _globs([spec["receives"]], "evaluator.receives", fail, required=True)  # absolute and '..' rules
+    if not PurePosixPath(receives).parts:
+        raise fail("evaluator.receives", f"must name a file, got {receives!r}")
+    if any(glob_regex(glob).match(receives) for glob in protected):
+        raise fail("evaluator.receives", f"{receives!r} is protected: the runner's file would replace it")
+    if any(PurePosixPath(file) == PurePosixPath(receives) for file in scorer.files()):
+        raise fail("evaluator.receives", f"{receives!r} is scorer.file: the runner would write its own score")
+    max_bytes = spec.get("max_bytes", DEFAULT_RECEIVED_MAX_BYTES)
+    if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1:
+        raise fail("evaluator.max_bytes", f"must be an integer >= 1 (bytes), got {max_bytes!r}")
+    timeout = _number(spec, "timeout", DEFAULT_EVALUATOR_TIMEOUT, "evaluator", fail)
+    return Evaluator(command, receives, max_bytes, timeout, _isolation(spec, "evaluator", fail))
 
 
 def _prompt(value: Any, rootdir: Path, fail) -> Path:

@@ -10,7 +10,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from autoresearch_helpers import RENDEZVOUS_SCORE, REPO_ROOT, plugin_args, records, write_task
+from autoresearch_helpers import PY, RENDEZVOUS_SCORE, REPO_ROOT, plugin_args, records, write_task
 
 pytest_plugins = ["pytester"]
 
@@ -529,26 +529,31 @@ print("score:", pathlib.Path("experiments/t/value.txt").read_text().strip())
 '''
 
 
-@pytest.mark.parametrize("protected_changed", [False, True])
+@pytest.mark.parametrize("changed", [None, "protected", "evaluator"])
 def test_baseline_runs_that_finished_are_not_run_again_under_the_same_setup(pytester, research, monkeypatch,
-                                                                           tmp_path, protected_changed):
+                                                                           tmp_path, changed):
     tally, flag = tmp_path / "tally.txt", tmp_path / "flag"
     flag.write_text("")
     monkeypatch.setenv("TALLY", str(tally))
     monkeypatch.setenv("FLAG", str(flag))
-    write_task(pytester.path, score=TALLY_SCORE, spec={"protected": ["prepare.py"],
-               "policy": {"kind": "noise-aware", "repeats": 3, "confidence": 0.95, "max_repeats": 3}})
+    spec = {"protected": ["prepare.py"],
+            "policy": {"kind": "noise-aware", "repeats": 3, "confidence": 0.95, "max_repeats": 3}}
+    write_task(pytester.path, score=TALLY_SCORE, spec=spec)
     (pytester.path / "prepare.py").write_text("TIME_BUDGET = 300\n")
     research()
     assert [r["status"] for r in records(pytester.path)] == ["crash"]
     assert records(pytester.path)[0]["reason"].startswith("baseline: runner exited with code 1")
     flag.unlink()
-    if protected_changed:  # the evaluation changed: runs measured under the old one no longer count
+    if changed == "protected":  # the evaluation changed: runs measured under the old one no longer count
         (pytester.path / "prepare.py").write_text("TIME_BUDGET = 30\n")
+    if changed == "evaluator":  # scored by an evaluator now, not from the runner's own lines
+        evaluate = f"{PY} -c 'print(\"score:\", open(\"experiments/t/value.txt\").read().strip())'"
+        write_task(pytester.path, score=TALLY_SCORE, spec={
+            **spec, "evaluator": {"command": evaluate, "receives": "experiments/t/value.txt"}})
     research()
     baseline = [r for r in records(pytester.path) if r["status"] == "baseline"]
     assert len(baseline) == 1 and baseline[0]["scores"] == [1.0, 1.0, 1.0]
-    rerun = ["42", "43", "44"] if protected_changed else ["44"]
+    rerun = ["42", "43", "44"] if changed else ["44"]
     assert tally.read_text().split() == ["42", "43", "44", *rerun]
 
 

@@ -94,11 +94,13 @@ def test_kinds_are_the_modules_of_their_packages():
 def test_the_schema_is_what_loading_accepts():
     keys = schema()
     assert keys[""] == ("name", "description", "artifacts", "protected", "mutation", "mutator", "runner",
-                        "scorer", "policy", "setup")
+                        "scorer", "policy", "setup", "evaluator")
     assert set(keys["scorer"]) == {"kind", "metric", "pattern", "direction", "file", "constraints"}
     assert set(keys["policy"]) == {"kind", "min_delta", "repeats", "confidence", "max_repeats", "pool_noise", "early_stop"}
     assert set(keys["mutator"]) == {"command", "timeout", "prompt", "isolation", "network", "hparams"}
-    assert set(keys["runner"]) == {"command", "timeout", "gpus", "isolation", "network"}
+    assert set(keys["runner"]) == {"command", "timeout", "gpus", "isolation", "network", "budget",
+                                   "startup_allowance"}
+    assert set(keys["evaluator"]) == {"command", "receives", "max_bytes", "timeout", "isolation", "network"}
     assert set(keys["setup"]) == {"command", "timeout"}
 
 

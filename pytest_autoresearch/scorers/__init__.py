@@ -61,8 +61,13 @@ class Scorer(ABC):
         """What the scores depend on beyond the runner (a saved baseline run counts only for the same setup)."""
 
     @abstractmethod
-    def read(self, stdout: str, sandbox: Path) -> Scored:
-        """The run's score and metrics, from its stdout or the files it left in the sandbox; NoScore if none."""
+    def read(self, stdout: str, sandbox: Path, source: str = "runner") -> Scored:
+        """The run's score and metrics, from its stdout or the files it left in the sandbox; NoScore if none.
+        `source` names what printed and wrote them in a NoScore's reason: the runner, or the task's evaluator."""
+
+    def files(self) -> tuple[str, ...]:
+        """The files of the run's folder that the score is read from (none: stdout alone)."""
+        return ()
 
 
 @dataclass(frozen=True)

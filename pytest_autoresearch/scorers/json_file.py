@@ -25,12 +25,15 @@ class JsonFileScorer(Scorer):
     def setup(self) -> str:
         return f"json-file:{self.file}"
 
-    def read(self, stdout: str, sandbox: Path) -> Scored:
+    def files(self) -> tuple[str, ...]:
+        return (self.file,)
+
+    def read(self, stdout: str, sandbox: Path, source: str = "runner") -> Scored:
         path = sandbox / self.file
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
-            raise NoScore(f"no metric: the runner wrote no {self.file}") from None
+            raise NoScore(f"no metric: the {source} wrote no {self.file}") from None
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
             raise NoScore(f"no metric: {self.file} is not a JSON file: {e}") from None
         if not isinstance(data, dict):

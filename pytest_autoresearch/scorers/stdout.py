@@ -24,14 +24,15 @@ class StdoutScorer(Scorer):
     def setup(self) -> str:
         return self.pattern.pattern
 
-    def read(self, stdout: str, sandbox: Path) -> Scored:
-        score, why = extract_score(self.pattern, stdout, self.metric)
+    def read(self, stdout: str, sandbox: Path, source: str = "runner") -> Scored:
+        score, why = extract_score(self.pattern, stdout, self.metric, source)
         if why is not None:
             raise NoScore(why) if score is None else NotFinite(why, score)
         return Scored(score, extract_metrics(stdout))
 
 
-def extract_score(pattern: re.Pattern[str], stdout: str, metric: str) -> tuple[float | None, str | None]:
+def extract_score(pattern: re.Pattern[str], stdout: str, metric: str,
+                  source: str = "runner") -> tuple[float | None, str | None]:
     """(score, None) from group 1 of the last matching line, else (None, why not); a NaN or infinity comes
     with why it is no finite score: (nan, "no metric: score is nan")."""
     last = None
@@ -39,7 +40,7 @@ def extract_score(pattern: re.Pattern[str], stdout: str, metric: str) -> tuple[f
         if (match := pattern.search(line)) is not None:
             last = match
     if last is None:
-        return None, f"no metric: no line of the runner's stdout matches {pattern.pattern!r}"
+        return None, f"no metric: no line of the {source}'s stdout matches {pattern.pattern!r}"
     text = last.group(1)
     try:
         value = float(text)
