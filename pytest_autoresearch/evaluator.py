@@ -51,6 +51,18 @@ class Evaluation:
     failure: str | None  # why the run is a crash, quoting the evaluator's last line; None: it exited 0
 
 
+def clear_received(run_folder: Path, evaluator: Evaluator) -> None:
+    """Remove what lies where the runner must leave its file, before it runs: a model from an earlier run (one by
+    hand in the workspace, which every copy holds, or the last repeat's) must not pass for this run's."""
+    path = run_folder / evaluator.receives
+    if not path.parent.resolve().is_relative_to(run_folder.resolve()):
+        return  # a folder on the way links out of the run folder: nothing there is the run's to remove
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
 def received_problem(run_folder: Path, evaluator: Evaluator) -> str | None:
     """Why the file the runner left cannot go to the evaluator, else None. Told from lstat alone, nothing read:
     an oversize file costs nothing, and a link (of the file, or of a folder on its way) is never followed."""

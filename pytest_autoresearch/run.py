@@ -12,7 +12,7 @@ from typing import Any, BinaryIO
 from .early_stop import Curve, Watcher
 from .engine import Engine, matching_paths
 from .errors import Crashed, Rejected
-from .evaluator import evaluation, received_problem
+from .evaluator import clear_received, evaluation, received_problem
 from .isolation import command_wrapper, storage_paths
 from .noise import Noise
 from .process import run_logged
@@ -65,6 +65,8 @@ def score_once(task: Task, sandbox: Path, env: Mapping[str, str], log: BinaryIO,
             limit, past_limit = task.budget.limit(sealed, task.runner_timeout)
         except ValueError as e:
             return RunOutcome(None, 0.0, f"runner.budget: {e}")
+    if task.evaluator is not None:
+        clear_received(sandbox, task.evaluator)
     evidence: dict[str, Any] = {}
 
     def watch(line: str) -> bool:

@@ -117,6 +117,18 @@ def test_a_runner_leaving_no_regular_file_within_max_bytes_crashes(pytester, res
     assert value(pytester) == "1\n" and not (pytester.path / "model.export").exists()
 
 
+def test_a_model_left_in_the_workspace_is_no_candidates_model(pytester, research):
+    # a model.export from an earlier run by hand lies in the workspace (and so in every copy of it): a candidate
+    # that trains nothing and leaves it there must not be scored on it
+    evaluated_task(pytester, runner=MISBEHAVING.format(misdeed="pass"), step=1)
+    (pytester.path / "model.export").write_text("5\n")
+    research()
+    baseline, candidate = records(pytester.path)
+    assert baseline["scores"] == [1.0]
+    assert (candidate["status"], candidate["reason"]) == ("crash", "the runner left no model.export")
+    assert (pytester.path / "model.export").read_text() == "5\n"  # the workspace's own file is left alone
+
+
 # ----------------------------------------------------------------------------
 # The evaluator's failures
 
