@@ -158,12 +158,23 @@ def test_task_yaml_uses_only_v1_keys_with_valid_values(task_file: Path) -> None:
         assert 0 < policy["confidence"] < 1
 
 
-def test_train_bpb_judges_the_workspace_edit_with_the_ten_minute_kill_rule() -> None:
-    task = yaml.safe_load((EXPERIMENTS / "train-bpb" / "task.yaml").read_text(encoding="utf-8"))
-    assert task["artifacts"] == ["train.py"] and task["protected"] == ["prepare.py"]
-    assert task["mutator"] == "workspace"
-    assert task["runner"] == {"command": "python train.py", "timeout": 600, "gpus": "auto"}
+@pytest.mark.parametrize("task_name", ["train-bpb", "train-bpb-search"])
+def test_the_training_tasks_are_sealed(task_name: str) -> None:
+    """train.py trains and saves; evaluate.py, protected, scores the saved model; prepare.py's TIME_BUDGET bounds the
+    training from outside."""
+    task = yaml.safe_load((EXPERIMENTS / task_name / "task.yaml").read_text(encoding="utf-8"))
+    assert task["artifacts"] == ["train.py"] and task["protected"] == ["prepare.py", "evaluate.py"]
+    runner = task["runner"]
+    assert (runner["command"], runner["timeout"], runner["gpus"]) == ("python train.py", 600, "auto")
+    assert runner["budget"] == "prepare.py:TIME_BUDGET" and 0 < runner["startup_allowance"] <= 300
+    assert task["evaluator"] == {"command": "python evaluate.py model.export", "receives": "model.export",
+                                 "timeout": 600}
     assert task["scorer"]["metric"] == "val_bpb" and task["scorer"]["direction"] == "minimize"
+
+
+def test_train_bpb_judges_the_workspace_edit_greedily() -> None:
+    task = yaml.safe_load((EXPERIMENTS / "train-bpb" / "task.yaml").read_text(encoding="utf-8"))
+    assert task["mutator"] == "workspace"
     assert task["policy"]["kind"] == "greedy"
 
 
@@ -204,9 +215,10 @@ def test_train_bpb_search_mutator_never_touches_device_batch_size(tmp_path: Path
 
 
 @pytest.mark.parametrize("task_name", ["train-bpb", "train-bpb-search"])
-def test_val_bpb_pattern_reads_the_train_summary(task_name: str) -> None:
+def test_val_bpb_pattern_reads_the_evaluators_output(task_name: str) -> None:
     task = yaml.safe_load((EXPERIMENTS / task_name / "task.yaml").read_text(encoding="utf-8"))
-    summary = "step 00950 | loss 3.1\n---\nval_bpb:          0.997900\ntraining_seconds: 300.1\ndepth:            8\n"
+    summary = ("evaluation: model.export | batch 128 x 2048 | cuda | loaded in 1.0s | causality checked on 512 rows\n"
+               "val_bpb:          0.997900\neval_seconds:     6.0\n")
     matches = re.findall(task["scorer"]["pattern"], summary, re.M)
     assert [float(m) for m in matches] == [0.9979]
 
