@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..lines import matched_lines, nested_repeat_problem
 from . import Fail, NoScore, NotFinite, Scored, Scorer, clipped, extract_metrics
 
 KEYS = ("pattern",)
@@ -33,9 +34,10 @@ class StdoutScorer(Scorer):
 
 def extract_score(pattern: re.Pattern[str], stdout: str, metric: str) -> tuple[float | None, str | None]:
     """(score, None) from group 1 of the last matching line, else (None, why not); a NaN or infinity comes
-    with why it is no finite score: (nan, "no metric: score is nan")."""
+    with why it is no finite score: (nan, "no metric: score is nan"). A line longer than lines.MATCHED_LINE_CHARS
+    matches nothing."""
     last = None
-    for line in stdout.splitlines():
+    for line in matched_lines(stdout):
         if (match := pattern.search(line)) is not None:
             last = match
     if last is None:
@@ -60,4 +62,6 @@ def build(spec: Mapping[str, Any], metric: str, fail: Fail) -> StdoutScorer:
         raise fail("scorer.pattern", f"bad regex {raw!r}: {e}") from None
     if pattern.groups < 1:
         raise fail("scorer.pattern", f"regex {raw!r} needs a group (...) capturing the number")
+    if (problem := nested_repeat_problem(raw)) is not None:
+        raise fail("scorer.pattern", problem)
     return StdoutScorer(metric, pattern)
