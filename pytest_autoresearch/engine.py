@@ -40,8 +40,14 @@ class Engine:
 
     def artifacts_in(self, task: Task, root: Path) -> dict[str, Content]:
         """Current content of every artifact file under root, walking only the globs' literal folders."""
+        return read_contents(root, sorted(p for p in self.paths_in(task.artifacts, root) if task.is_artifact(p)))
+
+    def paths_in(self, globs: tuple[str, ...], root: Path) -> list[str]:
+        """The paths under root that may match the globs (a superset: filter them with the task's is_...), walking
+        only the globs' literal folders; what a sandbox leaves out (the storage, .git, ...) is left out. A plain
+        path is returned whether or not it exists."""
         paths: set[str] = set()
-        for glob in task.artifacts:
+        for glob in globs:
             parts = glob.split("/")
             literal = []
             for part in parts:
@@ -52,7 +58,7 @@ class Engine:
                 paths.add(glob)  # a plain path: no walk needed
             else:
                 paths.update(scan(root, "/".join(p for p in literal if p)))
-        return read_contents(root, sorted(p for p in paths if task.is_artifact(p)))
+        return sorted(p for p in paths if not any(p == s or p.startswith(s + "/") for s in self.storage_in_tree))
 
     def env(self, task: Task, iteration: int, baseline_score: float | None, seed: int, sandbox: Path,
             extra: dict[str, str]) -> dict[str, str]:
