@@ -34,6 +34,10 @@ class TaskWarning(pytest.PytestWarning):
     """A task.yaml that loads but probably does not say what was meant (a glob that matches nothing)."""
 
 
+class IsolationWarning(pytest.PytestWarning):
+    """runner.isolation: auto where bubblewrap cannot run: the runner runs unisolated (said once a session)."""
+
+
 class IterationFailed(Exception):
     """The iteration ran, and its outcome fails the item (crash, rejected, or a gated discard)."""
 
@@ -219,6 +223,8 @@ class TaskFile(pytest.File):
             return
         for unmatched in unmatched_globs(task, scan(engine.rootdir)):
             self.warn(TaskWarning(f"{engine.shown(self.path)}: {unmatched} matches no file under {engine.rootdir}"))
+        if task.runner_unisolated is not None:  # under xdist each worker's is the same line: the summary shows one
+            self.warn(IsolationWarning(task.runner_unisolated))
         if self.config.getoption("autoresearch_reset") and task.workspace_mode:
             # before any iteration: under xdist every worker collects before the first item is scheduled
             Snapshot(engine.storage.state_dir, task).forget()

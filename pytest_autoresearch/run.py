@@ -11,7 +11,7 @@ from typing import Any, BinaryIO
 from .early_stop import Curve, Watcher
 from .engine import Engine
 from .errors import Crashed, Rejected
-from .isolation import command_wrapper, storage_paths
+from .isolation import command_wrapper, matching, storage_paths
 from .noise import Noise
 from .process import run_logged
 from .results import mean
@@ -47,8 +47,9 @@ class Runs:
 
 def score_once(task: Task, sandbox: Path, env: Mapping[str, str], log: BinaryIO, header: str,
                hidden: Iterable[Path] = (), watcher: Watcher | None = None) -> RunOutcome:
-    """One run of the runner in sandbox; under runner.isolation, `hidden` (the engine's storage) is out of its
-    sight. A watcher (policy.early_stop against the baseline's curves) may stop the run half-way."""
+    """One run of the runner in sandbox; under runner.isolation, `hidden` (the engine's storage) and the paths
+    runner.hide names now are out of its sight, and runner.writable's folders (made if missing) take its writes.
+    A watcher (policy.early_stop against the baseline's curves) may stop the run half-way."""
     gpu = f" on CUDA_VISIBLE_DEVICES={env['CUDA_VISIBLE_DEVICES']}" if "CUDA_VISIBLE_DEVICES" in env else ""
     log.write(f"[autoresearch] {header}{gpu}: {task.runner_command}\n".encode())
     log.flush()
@@ -59,8 +60,12 @@ def score_once(task: Task, sandbox: Path, env: Mapping[str, str], log: BinaryIO,
         evidence.update(found or {})
         return found is not None
 
-    result = run_logged(task.runner_command, sandbox, env, task.runner_timeout, log,
-                        command_wrapper(task.runner_isolation, task.rootdir, sandbox, hidden, env=env),
+    writable = [Path(folder) for folder in task.runner_writable] if task.runner_isolation is not None else []
+    for folder in writable:
+        folder.mkdir(parents=True, exist_ok=True)
+    wrapper = command_wrapper(task.runner_isolation, task.rootdir, sandbox, [*hidden, *matching(task.runner_hide)],
+                              writable, env)
+    result = run_logged(task.runner_command, sandbox, env, task.runner_timeout, log, wrapper,
                         watch if watcher is not None else None)
     rule = task.policy.early_stop
     curve = tuple(p for line in result.stdout.splitlines() if (p := rule.point(line))) if rule else ()

@@ -158,11 +158,18 @@ def test_task_yaml_uses_only_v1_keys_with_valid_values(task_file: Path) -> None:
         assert 0 < policy["confidence"] < 1
 
 
+# train.py's runs, isolated where bubblewrap can run: the validation data (prepare.py's val shard and packed
+# validation rows in its cache) out of their sight, the compile cache writable
+CACHE = "${AUTORESEARCH_CACHE:-~/.cache/autoresearch}"
+RUNNER_ISOLATION = {"isolation": "auto", "hide": [f"{CACHE}/data/shard_val.parquet", f"{CACHE}/tokenizer/val_rows-*.pt"],
+                    "writable": [f"{CACHE}/compile"]}
+
+
 def test_train_bpb_judges_the_workspace_edit_with_the_ten_minute_kill_rule() -> None:
     task = yaml.safe_load((EXPERIMENTS / "train-bpb" / "task.yaml").read_text(encoding="utf-8"))
     assert task["artifacts"] == ["train.py"] and task["protected"] == ["prepare.py"]
     assert task["mutator"] == "workspace"
-    assert task["runner"] == {"command": "python train.py", "timeout": 600, "gpus": "auto"}
+    assert task["runner"] == {"command": "python train.py", "timeout": 600, "gpus": "auto", **RUNNER_ISOLATION}
     assert task["scorer"]["metric"] == "val_bpb" and task["scorer"]["direction"] == "minimize"
     assert task["policy"]["kind"] == "greedy"
 
@@ -179,6 +186,7 @@ def test_train_bpb_search_uses_the_hparams_mutator_and_the_noise_aware_policy() 
     assert early_stop["min_progress"] == 20
     assert re.search(early_stop["pattern"], line).group("progress", "value") == ("36.1", "1.871335")
     assert task["runner"]["gpus"] == "auto" and task["runner"]["timeout"] == 600
+    assert {key: task["runner"][key] for key in RUNNER_ISOLATION} == RUNNER_ISOLATION
 
 
 def test_train_bpb_search_mutator_never_touches_device_batch_size(tmp_path: Path) -> None:

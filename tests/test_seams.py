@@ -98,7 +98,7 @@ def test_the_schema_is_what_loading_accepts():
     assert set(keys["scorer"]) == {"kind", "metric", "pattern", "direction", "file", "constraints"}
     assert set(keys["policy"]) == {"kind", "min_delta", "repeats", "confidence", "max_repeats", "pool_noise", "early_stop"}
     assert set(keys["mutator"]) == {"command", "timeout", "prompt", "isolation", "network", "hparams"}
-    assert set(keys["runner"]) == {"command", "timeout", "gpus", "isolation", "network"}
+    assert set(keys["runner"]) == {"command", "timeout", "gpus", "isolation", "network", "hide", "writable"}
     assert set(keys["setup"]) == {"command", "timeout"}
 
 
