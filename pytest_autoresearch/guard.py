@@ -53,9 +53,7 @@ class ProtectedState:
         try:
             data = json.loads(self.path.read_text(encoding="utf-8"))
             return Recorded(dict(data["files"]), data["head"], int(data["iteration"]))
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError, KeyError, TypeError):  # unreadable: as if removed, recorded afresh
+        except (OSError, ValueError, KeyError, TypeError):  # none, or unreadable as if removed: recorded afresh
             return None
 
     def save(self, recorded: Recorded) -> None:

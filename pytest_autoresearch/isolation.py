@@ -36,7 +36,7 @@ KINDS = ("none", "bwrap")
 AUTO = "auto"  # runner.isolation only: bwrap where it can run here, else none (the session warns, saying why)
 PROBE_TIMEOUT_S = 10.0
 WILDCARD = re.compile(r"[*?\[]")
-# $NAME, ${NAME}, ${NAME:-default}, as a shell expands them; an unclosed ${ is an error
+# $NAME, ${NAME}, ${NAME:-default}, as a shell expands them; a ${ of any other form is an error
 VARIABLE = re.compile(r"\$(?:\{(?P<braced>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^}]*))?\}|"
                       r"(?P<plain>[A-Za-z_][A-Za-z0-9_]*)|(?P<open>\{))")
 
