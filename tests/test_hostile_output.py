@@ -99,6 +99,9 @@ def test_a_line_past_the_bound_is_matched_by_no_pattern_and_one_within_it_is():
     assert len(within) == MATCHED_LINE_CHARS and len(past) == MATCHED_LINE_CHARS + 1
     assert extract_metrics(f"{within}\n{past}\n") == {"score": 3.0}
     assert extract_score(re.compile(r"^score:\s*(\S+)"), f"{within}\n{past}\n", "score") == (3.0, None)
+    assert extract_score(re.compile(r"^score:\s*(\S+)"), f"{past}\n{past}\n", "score") == (
+        None, "no metric: no line of the runner's stdout matches '^score:\\\\s*(\\\\S+)' (2 lines longer than 1,024 "
+              "characters not read)")
     rule = build_early_stop({"pattern": PROGRESS})
     assert rule.point("(50.0%) | loss 2.5" + pad) is None and rule.point("(50.0%) | loss 2.5") == (50.0, 2.5)
 

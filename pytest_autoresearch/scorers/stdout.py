@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..lines import matched_lines, nested_repeat_problem
+from ..lines import MATCHED_LINE_CHARS, nested_repeat_problem
 from . import Fail, NoScore, NotFinite, Scored, Scorer, clipped, extract_metrics
 
 KEYS = ("pattern",)
@@ -36,12 +36,16 @@ def extract_score(pattern: re.Pattern[str], stdout: str, metric: str) -> tuple[f
     """(score, None) from group 1 of the last matching line, else (None, why not); a NaN or infinity comes
     with why it is no finite score: (nan, "no metric: score is nan"). A line longer than lines.MATCHED_LINE_CHARS
     matches nothing."""
-    last = None
-    for line in matched_lines(stdout):
-        if (match := pattern.search(line)) is not None:
+    last, unread = None, 0
+    for line in stdout.splitlines():
+        if len(line) > MATCHED_LINE_CHARS:
+            unread += 1
+        elif (match := pattern.search(line)) is not None:
             last = match
     if last is None:
-        return None, f"no metric: no line of the runner's stdout matches {pattern.pattern!r}"
+        note = (f" ({unread:,} line{'s' if unread > 1 else ''} longer than {MATCHED_LINE_CHARS:,} characters not "
+                f"read)" if unread else "")
+        return None, f"no metric: no line of the runner's stdout matches {pattern.pattern!r}{note}"
     text = last.group(1)
     try:
         value = float(text)
