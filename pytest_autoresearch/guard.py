@@ -83,11 +83,11 @@ def path_hash(root: Path, rel: str) -> str | None:
 
 def check(engine: Engine, task: Task) -> tuple[Checked, str | None]:
     """The workspace's protected files now, and why the task stops (None: it goes on). Recorded here when there
-    is no record yet, or when git HEAD moved since (the user committed)."""
+    is no record yet, or when git HEAD moved since (the user committed; no HEAD to be read is no new one)."""
     now = Checked(workspace_hashes(engine, task), git_head(task.rootdir))
     state = ProtectedState(engine.storage.state_dir, task.name)
     recorded = state.load()
-    if recorded is None or recorded.head != now.head:
+    if recorded is None or (now.head is not None and recorded.head != now.head):
         state.save(Recorded(now.hashes, now.head, engine.storage.results.last_iteration(task.name)))
         return now, None
     if not (names := changed(recorded.hashes, now.hashes)):
