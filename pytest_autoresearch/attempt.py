@@ -42,6 +42,8 @@ class Attempt:
     workspace: bool = False  # mutator: workspace, the candidate is the workspace itself
     snapshot: tuple[dict[str, Content], dict[str, str], str | None] | None = None  # workspace: a keep's new baseline
     node: str | None = None  # the Ray node that made it (ray_executor.py); None: this machine
+    protected: dict[str, str] | None = None  # the workspace's protected files as it began, checked (guard.py)
+    head: str | None = None  # git HEAD as it began, with them; both None: made where nothing was checked
 
     def to_data(self) -> dict[str, Any]:
         data = asdict(self)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from .engine import Engine
+from .guard import Checked, check_copy, copy_hashes
 from .isolation import command_wrapper, storage_paths
 from .landing import Landing
 from .limits import Verdict, check_sandbox, diff_artifacts, escapes, judge
@@ -64,8 +65,9 @@ def never_copied(engine: Engine) -> list[Path]:
 
 
 class MutatorSource:
-    def __init__(self, engine: Engine, task: Task, scratch: Path) -> None:
+    def __init__(self, engine: Engine, task: Task, scratch: Path, checked: Checked | None = None) -> None:
         self.engine, self.task, self.scratch = engine, task, scratch
+        self.checked = checked  # the protected files every copy of the workspace must hold (guard.py)
         self.description_file = scratch / "description.txt"
 
     def start(self) -> Start:
@@ -75,6 +77,7 @@ class MutatorSource:
         with engine.storage.lock(f"task-{task.name}"):  # never copy the workspace while a keep is landing
             Landing(engine).recover(task)
             manifest = copy_tree(task.rootdir, sandbox, engine.storage_in_tree, digests)
+        check_copy(self.checked, copy_hashes(task, sandbox, manifest, digests))
         baseline = read_contents(sandbox, [rel for rel in manifest if task.is_artifact(rel)])
         return Start(sandbox, manifest, baseline, hash_contents(baseline), digests=digests)
 
@@ -105,12 +108,14 @@ class MutatorSource:
         """A fresh copy of the checked candidate for the runner: the workspace copied again, the candidate's
         artifacts written from the bytes that were checked. Never the sandbox the mutator wrote, which a
         helper it left behind could still change after the checks; that one is removed first, and the new
-        copy's path did not exist while the mutator ran."""
+        copy's path did not exist while the mutator ran. Its protected files must be those checked as the
+        iteration began: the mutator may have found the workspace and rewritten one there."""
         engine, task = self.engine, self.task
         shutil.rmtree(start.sandbox, ignore_errors=True)
         fresh = self.scratch / "candidate"
         with engine.storage.lock(f"task-{task.name}"):
             manifest = copy_tree(task.rootdir, fresh, engine.storage_in_tree)
+        check_copy(self.checked, copy_hashes(task, fresh, manifest))
         present = read_contents(fresh, [rel for rel in manifest if task.is_artifact(rel)])
         apply_contents(fresh, {**{rel: None for rel in present if rel not in change_set.candidate},
                                **{rel: c for rel, c in change_set.candidate.items() if present.get(rel) != c}})
@@ -120,8 +125,9 @@ class MutatorSource:
 class WorkspaceSource:
     """The caller holds the task lock from start to landing: the workspace is the one candidate."""
 
-    def __init__(self, engine: Engine, task: Task, scratch: Path) -> None:
+    def __init__(self, engine: Engine, task: Task, scratch: Path, checked: Checked | None = None) -> None:
         self.engine, self.task, self.scratch = engine, task, scratch
+        self.checked = checked  # the protected files the copy of the workspace must hold (guard.py)
 
     def start(self) -> Start:
         engine, task = self.engine, self.task
@@ -130,6 +136,7 @@ class WorkspaceSource:
         manifest = copy_tree(task.rootdir, sandbox, engine.storage_in_tree)
         found = read_contents(sandbox, [rel for rel in manifest if task.is_artifact(rel)])
         protected_now = self._protected(start_manifest=manifest, sandbox=sandbox)
+        check_copy(self.checked, protected_now)
         snapshot = Snapshot(engine.storage.state_dir, task)
         saved, head, baseline_from = snapshot.load(), git_head(task.rootdir), None
         if saved is None or (head is not None and saved[2] != head):

@@ -26,6 +26,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from .lines import MATCHED_LINE_CHARS, nested_repeat_problem
+
 KEYS = ("pattern", "direction", "min_progress", "window", "z", "patience")
 Curve = Sequence[tuple[float, float]]  # (progress percent, value), in the order printed
 
@@ -40,8 +42,9 @@ class EarlyStop:
     patience: int = 2
 
     def point(self, line: str) -> tuple[float, float] | None:
-        """(progress, value) of a progress line, or None for any other line."""
-        match = self.pattern.search(line)
+        """(progress, value) of a progress line, or None for any other line (one longer than
+        lines.MATCHED_LINE_CHARS included: the pattern never sees it)."""
+        match = self.pattern.search(line) if len(line) <= MATCHED_LINE_CHARS else None
         if match is None:
             return None
         try:
@@ -125,6 +128,8 @@ def build(spec: Any) -> EarlyStop:
         raise ValueError("policy.early_stop.pattern: required (a regex with groups named progress and value)") from None
     except (re.error, TypeError) as e:
         raise ValueError(f"policy.early_stop.pattern: not a valid regex: {e}") from None
+    if (problem := nested_repeat_problem(spec["pattern"])) is not None:
+        raise ValueError(f"policy.early_stop.pattern: {problem}")
     if not {"progress", "value"} <= set(pattern.groupindex):
         raise ValueError("policy.early_stop.pattern: needs groups named progress and value, "
                          "e.g. '\\((?P<progress>[\\d.]+)%\\) \\| loss (?P<value>[\\d.]+)'")

@@ -41,7 +41,12 @@ class Engine:
 
     def artifacts_in(self, task: Task, root: Path) -> dict[str, Content]:
         """Current content of every artifact file under root, walking only the globs' literal folders."""
-        return read_contents(root, matching_paths(root, task.artifacts, task.is_artifact))
+        return read_contents(root, self.paths_in(task.artifacts, root, task.is_artifact))
+
+    def paths_in(self, globs: Iterable[str], root: Path, wanted: Callable[[str], bool] = lambda rel: True) -> list[str]:
+        """matching_paths under root, less what a sandbox leaves out (the storage, when it lies in the tree)."""
+        return [p for p in matching_paths(root, globs, wanted)
+                if not any(p == s or p.startswith(s + "/") for s in self.storage_in_tree)]
 
     def env(self, task: Task, iteration: int, baseline_score: float | None, seed: int, sandbox: Path,
             extra: dict[str, str]) -> dict[str, str]:

@@ -14,6 +14,7 @@ import pytest
 from .attempt import Attempt
 from .engine import Engine
 from .errors import StorageUnwritable
+from .guard import Checked, check
 from .handover import NoVerdict, await_record, send_loop_iteration
 from .iteration import attempt_iteration, run_iteration
 from .landing import Landing
@@ -24,12 +25,17 @@ from .workspace import Snapshot
 
 LOG_TAIL_LINES = 30
 TASK_NAMES = pytest.StashKey[dict[str, Path]]()  # task name -> the task.yaml that has it, over the whole collection
+PROTECTED_STOPS = pytest.StashKey[dict[str, str]]()  # task name -> why its protected files stopped it, this process
 FAILING = ("crash", "rejected", "interrupted")
 PROPERTIES = ("task", "iteration", "status", "metric", "score", "baseline_score", "reason", "log")  # JUnit XML
 
 
 class TaskWarning(pytest.PytestWarning):
     """A task.yaml that loads but probably does not say what was meant (a glob that matches nothing)."""
+
+
+class IsolationWarning(pytest.PytestWarning):
+    """runner.isolation: auto where bubblewrap cannot run: the runner runs unisolated (said once a session)."""
 
 
 class IterationFailed(Exception):
@@ -63,11 +69,13 @@ class FailureText:
 def autoresearch_iteration(request: pytest.FixtureRequest, autoresearch_engine: Engine) -> None:
     """One research iteration of the item's task (the function every IterationItem calls)."""
     item: IterationItem = request.node
+    checked = None
     if item.made is None:  # an attempt made elsewhere (ray_executor.py) was started before any stop: it lands
         if (stopped := crash_stop(request.config, autoresearch_engine, item.task.name, item.since)) is not None:
             pytest.skip(stopped)
         _check_patience(request, autoresearch_engine, item)
-    _run_one(request, autoresearch_engine, item)
+        checked = _check_protected(request, autoresearch_engine, item)
+    _run_one(request, autoresearch_engine, item, checked)
 
 
 def autoresearch_loop(request: pytest.FixtureRequest, autoresearch_engine: Engine) -> None:
@@ -81,9 +89,10 @@ def autoresearch_loop(request: pytest.FixtureRequest, autoresearch_engine: Engin
         if (stopped := crash_stop(request.config, autoresearch_engine, item.task.name, item.since)) is not None:
             raise IterationFailed(stopped)
         _check_patience(request, autoresearch_engine, item, stop=ran)
+        checked = _check_protected(request, autoresearch_engine, item)
         del item.user_properties[:]
         try:
-            _run_one(request, autoresearch_engine, item, in_loop=True)
+            _run_one(request, autoresearch_engine, item, checked, in_loop=True)
         except IterationFailed:
             continue
         finally:
@@ -114,17 +123,31 @@ class _StopLoop(Exception):
     pass
 
 
+def _check_protected(request: pytest.FixtureRequest, engine: Engine, item: IterationItem) -> Checked:
+    """The workspace's protected files, checked against the last landing's (guard.py); a change stops the task:
+    the first of its items to find it fails with the one line (a loop ends), and its later items in this process
+    skip with it. Nothing has run yet, and nothing in the workspace changes."""
+    stops = request.config.stash.setdefault(PROTECTED_STOPS, {})
+    if item.task.name in stops:
+        pytest.skip(stops[item.task.name])
+    checked, stopped = check(engine, item.task)
+    if stopped is not None:
+        stops[item.task.name] = item.stopped = stopped
+        raise IterationFailed(stopped)
+    return checked
+
+
 def _run_one(request: pytest.FixtureRequest, autoresearch_engine: Engine, item: IterationItem,
-             in_loop: bool = False) -> None:
+             checked: Checked | None, in_loop: bool = False) -> None:
     description = os.environ.get("AUTORESEARCH_DESCRIPTION", "")
     try:
         if item.hands_over:
-            _hand_over(autoresearch_engine, item, description, in_loop)
+            _hand_over(autoresearch_engine, item, description, in_loop, checked)
             return
         if item.made is not None:  # made on a Ray node: decided and landed here, as run_iteration would
             record = Landing(autoresearch_engine).land(item.task, item.made)
         else:
-            record = run_iteration(autoresearch_engine, item.task, description)
+            record = run_iteration(autoresearch_engine, item.task, description, checked)
     except StorageUnwritable as e:  # nothing was applied; no later iteration could be recorded either
         pytest.exit(f"autoresearch: stopped: {e}; nothing was applied")
     item.record = record
@@ -134,7 +157,7 @@ def _run_one(request: pytest.FixtureRequest, autoresearch_engine: Engine, item: 
         raise IterationFailed(failure)
 
 
-def _hand_over(engine: Engine, item: IterationItem, description: str, in_loop: bool) -> None:
+def _hand_over(engine: Engine, item: IterationItem, description: str, in_loop: bool, checked: Checked | None) -> None:
     """Make the attempt here for the xdist controller to decide and land (session.py), and go on once it has
     recorded it: a loop's iteration goes in a report of its own and is waited for at once; a finite item's goes
     in its call report (sent before teardown) and is waited for in its teardown, and its crash or rejection
@@ -143,7 +166,7 @@ def _hand_over(engine: Engine, item: IterationItem, description: str, in_loop: b
     with ExitStack() as held:
         if task.workspace_mode:  # the workspace is the one candidate: held from its reading to its verdict
             held.enter_context(engine.storage.lock(f"task-{task.name}"))
-        attempt = attempt_iteration(engine, task, description)
+        attempt = attempt_iteration(engine, task, description, checked)
         if in_loop:
             send_loop_iteration(item, attempt)
             await_record(engine.storage.results, task.name, attempt.iteration)
@@ -200,6 +223,8 @@ class TaskFile(pytest.File):
             return
         for unmatched in unmatched_globs(task, scan(engine.rootdir)):
             self.warn(TaskWarning(f"{engine.shown(self.path)}: {unmatched} matches no file under {engine.rootdir}"))
+        if task.runner_unisolated is not None:  # under xdist each worker's is the same line: the summary shows one
+            self.warn(IsolationWarning(task.runner_unisolated))
         if self.config.getoption("autoresearch_reset") and task.workspace_mode:
             # before any iteration: under xdist every worker collects before the first item is scheduled
             Snapshot(engine.storage.state_dir, task).forget()
@@ -226,6 +251,7 @@ class IterationItem(pytest.Function):
         self.record: Record | None = None  # landed here
         self.attempt: Attempt | None = None  # handed over
         self.made: Attempt | None = None  # made elsewhere (the Ray executor), to land here
+        self.stopped: str | None = None  # why the check of the protected files stopped the task (guard.py)
 
     def runtest(self) -> None:
         try:

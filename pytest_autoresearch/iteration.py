@@ -24,6 +24,7 @@ from .candidate import ChangeSet, Made, MutatorSource, Start, WorkspaceSource
 from .engine import Engine
 from .errors import Crashed, Ended, EngineError, Interrupted, StorageUnwritable, describe, naming
 from .gpus import gpu_lease
+from .guard import Checked
 from .interrupts import interrupt_reason
 from .landing import Landing
 from .limits import enforce
@@ -35,26 +36,27 @@ from .scratch import new_scratch
 from .task import Task
 
 
-def run_iteration(engine: Engine, task: Task, description: str = "") -> Record:
-    """Run one iteration of task here, attempt and landing, and return its record (appended whatever happens)."""
+def run_iteration(engine: Engine, task: Task, description: str = "", checked: Checked | None = None) -> Record:
+    """Run one iteration of task here, attempt and landing, and return its record (appended whatever happens).
+    `checked`: the workspace's protected files as checked before it began (guard.py), which its copies must hold."""
     with ExitStack() as held:
         if task.workspace_mode:  # the workspace is the one candidate: held from its reading to its verdict
             held.enter_context(engine.storage.lock(f"task-{task.name}"))
         scratch = held.enter_context(_scratch(task))
-        attempt, pending = _attempt(engine, task, scratch, description, record_baseline=True)
+        attempt, pending = _attempt(engine, task, scratch, description, record_baseline=True, checked=checked)
         record = Landing(engine).land(task, attempt)
     if pending is not None:  # a Ctrl-C, or an unexpected error: recorded, now raised
         raise pending
     return record
 
 
-def attempt_iteration(engine: Engine, task: Task, description: str = "") -> Attempt:
+def attempt_iteration(engine: Engine, task: Task, description: str = "", checked: Checked | None = None) -> Attempt:
     """Steps 1 to 4 of an iteration, for another process to land (the xdist controller), with the record of a
     baseline it scored anew. An attempt that ends in a Ctrl-C or an unexpected error is landed here, and that
     exception raised: this process will send no report to carry it. With `mutator: workspace` the caller holds
     the task lock, until the attempt's record is appended."""
     with _scratch(task) as scratch:
-        attempt, pending = _attempt(engine, task, scratch, description, record_baseline=False)
+        attempt, pending = _attempt(engine, task, scratch, description, record_baseline=False, checked=checked)
     if pending is not None:
         Landing(engine).land(task, attempt)
         raise pending
@@ -89,16 +91,18 @@ def _export_history(engine: Engine, scratch: Path) -> Path:
 
 
 def _attempt(engine: Engine, task: Task, scratch: Path, description: str,
-             record_baseline: bool, iteration: int | None = None) -> tuple[Attempt, BaseException | None]:
+             record_baseline: bool, iteration: int | None = None,
+             checked: Checked | None = None) -> tuple[Attempt, BaseException | None]:
     """Steps 1 to 4 of an iteration of task, in `scratch`; changes nothing in the workspace. Returns the attempt,
     and an exception to raise once the attempt is recorded (KeyboardInterrupt, or an error that is no OS or
     engine error). `description`: the session's AUTORESEARCH_DESCRIPTION, unless the mutator writes one.
-    record_baseline: append a baseline scored anew at once, else leave it to the attempt's landing."""
+    record_baseline: append a baseline scored anew at once, else leave it to the attempt's landing. checked: the
+    protected files each copy of the workspace must hold, and what the landing records (None: nothing checked)."""
     iteration = engine.storage.reserve_iteration(task.name) if iteration is None else iteration
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     clock = time.perf_counter()
     log_path = engine.storage.logs_dir / task.name / f"{iteration}.log"
-    source = (WorkspaceSource if task.workspace_mode else MutatorSource)(engine, task, scratch)
+    source = (WorkspaceSource if task.workspace_mode else MutatorSource)(engine, task, scratch, checked)
     start: Start | None = None
     scores: list[float] = []
     made: Made | None = None
@@ -168,4 +172,6 @@ def _attempt(engine: Engine, task: Task, scratch: Path, description: str,
         scores=runs.scores, metrics=dict(runs.metrics), mutator_s=made.mutator_s if made is not None else 0.0,
         runner_s=runs.runner_s, gpu_wait_s=gpu_wait_s, duration_s=round(time.perf_counter() - clock, 3),
         noise=asdict(noise) if noise is not None else None, early_stop=runs.early_stop,
-        workspace=task.workspace_mode, snapshot=change_set.snapshot if change_set is not None else None), pending
+        workspace=task.workspace_mode, snapshot=change_set.snapshot if change_set is not None else None,
+        protected=checked.hashes if checked is not None else None, head=checked.head if checked is not None else None
+    ), pending

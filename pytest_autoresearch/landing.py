@@ -16,6 +16,7 @@ from .baseline import append_baseline, recorded_scores
 from .engine import Engine
 from .errors import EngineError, LandingFailed, describe
 from .files import remove_dead_temp_files
+from .guard import record_landing
 from .interrupts import held_signals
 from .noise import Noise
 from .policies import Decision, Policy
@@ -51,6 +52,7 @@ class Landing:
             record = replace(record, duration_s=round(attempt.duration_s + time.perf_counter() - start, 3))
             self.engine.storage.results.append(record)  # before the clean-up: other workers may wait for its scores
             Journal(self.engine.storage.state_dir, task.name, record.iteration).clear()  # landed, record and all
+            record_landing(self.engine, task, attempt, record)  # the protected files' hashes it began with
         return record
 
     def _keep(self, task: Task, attempt: Attempt, decision: Decision) -> Record:

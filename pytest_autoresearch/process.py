@@ -27,7 +27,9 @@ DRAIN_GRACE_S = 1.0  # how long to keep reading once the reaper is gone (a pipe 
 HEAD_BYTES = 2 << 20  # of a huge output, the log (and the stdout the scorer reads) keep this much at the start
 TAIL_BYTES = 2 << 20  # ...and this much at the end
 REAPER = Path(__file__).with_name("reaper.py")
-WATCHED_LINE_BYTES = 65536  # of a stdout line longer than this, the watcher sees only the end
+# of a stdout line longer than this, the watcher sees only the end: still longer than lines.MATCHED_LINE_CHARS
+# (it decodes to at least a quarter as many characters), so no pattern is applied to it
+WATCHED_LINE_BYTES = 65536
 
 
 @dataclass(frozen=True)

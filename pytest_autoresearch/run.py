@@ -13,7 +13,7 @@ from .early_stop import Curve, Watcher
 from .engine import Engine, matching_paths
 from .errors import Crashed, Rejected
 from .evaluator import clear_received, evaluation, received_problem
-from .isolation import command_wrapper, storage_paths
+from .isolation import command_wrapper, matching, storage_paths
 from .noise import Noise
 from .process import run_logged
 from .results import mean
@@ -50,9 +50,10 @@ class Runs:
 
 def score_once(task: Task, sandbox: Path, env: Mapping[str, str], log: BinaryIO, header: str,
                hidden: Iterable[Path] = (), watcher: Watcher | None = None) -> RunOutcome:
-    """One run of the runner in sandbox, then of the task's evaluator, if any; under runner.isolation, `hidden`
-    (the engine's storage) is out of its sight. A watcher (policy.early_stop against the baseline's curves) may
-    stop the run half-way."""
+    """One run of the runner in sandbox, then of the task's evaluator, if any; under runner.isolation, `hidden` (the
+    engine's storage) and the paths runner.hide names now are out of its sight, and runner.writable's folders (made
+    if missing) take its writes. A watcher (policy.early_stop against the baseline's curves) may stop the run
+    half-way."""
     gpu = f" on CUDA_VISIBLE_DEVICES={env['CUDA_VISIBLE_DEVICES']}" if "CUDA_VISIBLE_DEVICES" in env else ""
     log.write(f"[autoresearch] {header}{gpu}: {task.runner_command}\n".encode())
     log.flush()
@@ -74,8 +75,12 @@ def score_once(task: Task, sandbox: Path, env: Mapping[str, str], log: BinaryIO,
         evidence.update(found or {})
         return found is not None
 
-    result = run_logged(task.runner_command, sandbox, env, limit, log,
-                        command_wrapper(task.runner_isolation, task.rootdir, sandbox, hidden, env=env),
+    writable = [Path(folder) for folder in task.runner_writable] if task.runner_isolation is not None else []
+    for folder in writable:
+        folder.mkdir(parents=True, exist_ok=True)
+    wrapper = command_wrapper(task.runner_isolation, task.rootdir, sandbox, [*hidden, *matching(task.runner_hide)],
+                              writable, env)
+    result = run_logged(task.runner_command, sandbox, env, limit, log, wrapper,
                         watch if watcher is not None else None)
     rule = task.policy.early_stop
     curve = tuple(p for line in result.stdout.splitlines() if (p := rule.point(line))) if rule else ()

@@ -127,6 +127,7 @@ class AutoresearchSession:
         self.interrupted: str | None = None
         self.tasks: dict[str, Task] = {}  # the controller's own reading of the tasks whose attempts it lands
         self.landed: dict[str, list[tuple[str, object]]] = {}  # nodeid -> its record's properties, until teardown
+        self.stops: dict[str, str] = {}  # task -> why the check of its protected files stopped it (guard.py)
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_configure_node(self, node) -> None:  # xdist, on the controller: its workers share its session id
@@ -168,6 +169,8 @@ class AutoresearchSession:
     def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo[None]):
         report = yield
         if isinstance(item, IterationItem) and report.when == "call":
+            if item.stopped is not None:  # for the summary (pytest_runtest_logreport), from any xdist worker
+                report.autoresearch_stop = {"task": item.task.name, "reason": item.stopped}
             if item.record is not None:
                 report.autoresearch = _outcome(item.record)
             elif item.attempt is not None:  # for the controller to land (pytest_runtest_logreport)
@@ -187,6 +190,8 @@ class AutoresearchSession:
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         if report.when == "teardown" and report.nodeid in self.landed:  # JUnit XML reads the teardown report's
             report.user_properties = [*report.user_properties, *self.landed.pop(report.nodeid)]
+        if (stop := getattr(report, "autoresearch_stop", None)) is not None:
+            self.stops[stop["task"]] = stop["reason"]
         data = getattr(report, "autoresearch_attempt", None)
         if data is None or self.engine.worker != "main":
             return
@@ -246,13 +251,15 @@ class AutoresearchSession:
                 f"{self.engine.shown(self.engine.storage.logs_dir / task)}/<iteration>.diff)")
 
     def pytest_terminal_summary(self, terminalreporter) -> None:
-        if getattr(self.config, "workerinput", None) is not None or not (summaries := self.summaries()):
+        summaries = self.summaries()
+        if getattr(self.config, "workerinput", None) is not None or not (summaries or self.stops):
             return
         tr = terminalreporter
         tr.write_sep("=", "autoresearch")
         header = f"{'task':<24} {'iters':>5} {'kept':>5} {'disc':>5} {'crash':>5} {'rej':>5} " \
                  f"{'baseline':>12} {'best':>12} {'delta':>10}"
-        tr.write_line(header)
+        if summaries:
+            tr.write_line(header)
         for name, s in sorted(summaries.items()):
             base = s.baseline
             best = s.best if s.best is not None else base
@@ -268,6 +275,8 @@ class AutoresearchSession:
                 tr.write_line(warning, yellow=True)
             if (stopped := crash_stop(self.config, self.engine, name, self.since.get(name, 0))) is not None:
                 tr.write_line(stopped, red=True)
+        for name, reason in sorted(self.stops.items()):
+            tr.write_line(f"{name}: {reason}", red=True)
         if self.interrupted is not None:
             tr.write_line(f"interrupted ({self.interrupted}): the iteration in progress is recorded as "
                           f"'interrupted'; the workspace holds the last keep. Run again to resume.", yellow=True)

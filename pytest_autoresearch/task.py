@@ -7,6 +7,7 @@ so an agent (or a human) can fix the file without reading a traceback.
 from __future__ import annotations
 
 import math
+import os
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -32,7 +33,7 @@ TOP_KEYS = ("name", "description", "artifacts", "protected", "mutation", "mutato
 REQUIRED_TOP_KEYS = ("artifacts", "mutator", "runner", "scorer")
 MUTATION_KEYS = ("max_files", "max_lines", "max_bytes")
 MUTATOR_KEYS = ("command", "timeout", "prompt", "isolation", "network", "hparams")
-RUNNER_KEYS = ("command", "timeout", "gpus", "isolation", "network", "budget", "startup_allowance")
+RUNNER_KEYS = ("command", "timeout", "gpus", "isolation", "network", "hide", "writable", "budget", "startup_allowance")
 EVALUATOR_KEYS = ("command", "receives", "max_bytes", "timeout", "isolation", "network")  # evaluator.py
 SETUP_KEYS = ("command", "timeout")  # prepares a Ray node once (ray_executor.py); the local executor leaves it to you
 DEFAULT_MUTATOR_TIMEOUT = 300.0
@@ -78,6 +79,11 @@ class Task:
     setup_timeout: float = DEFAULT_SETUP_TIMEOUT
     evaluator: Evaluator | None = None  # None: the score is read from the runner's own output
     budget: Budget | None = None  # runner.budget: None, the run's limit is runner.timeout alone
+    # runner.hide and runner.writable: absolute paths, ~ and variables expanded as the task loaded; hide's may end
+    # in a wildcard, matched at each run (isolation.matching)
+    runner_hide: tuple[str, ...] = ()
+    runner_writable: tuple[str, ...] = ()
+    runner_unisolated: str | None = None  # runner.isolation: auto where bwrap cannot run here: the warning to show
 
     @property
     def workspace_mode(self) -> bool:
@@ -201,7 +207,7 @@ def load_task(path: Path, rootdir: Path) -> Task:
         mutator_timeout = _number(mutator, "timeout", DEFAULT_MUTATOR_TIMEOUT, "mutator", fail)
         if "prompt" in mutator:
             prompt = _prompt(mutator["prompt"], rootdir, fail)
-        mutator_isolation = _isolation(mutator, "mutator", fail)
+        mutator_isolation, _ = _isolation(mutator, "mutator", fail)  # `auto` is the runner's alone
         if "hparams" in mutator:  # the hparams mutator's rules: checked here, so a typo fails at load time
             from .mutators.hparams import rules
             try:
@@ -213,8 +219,14 @@ def load_task(path: Path, rootdir: Path) -> Task:
     runner = _mapping(data["runner"], "runner", RUNNER_KEYS, fail)
     runner_command = _command(runner, "runner", fail)
     runner_timeout = _number(runner, "timeout", DEFAULT_RUNNER_TIMEOUT, "runner", fail)
-    runner_isolation = _isolation(runner, "runner", fail)
+    runner_isolation, unisolated = _isolation(runner, "runner", fail)
     budget = _budget(runner, rootdir, protected, fail)
+    isolated = runner.get("isolation") in ("bwrap", isolation.AUTO)
+    runner_hide = _absolute_paths(runner, "hide", fail, isolated, "without a sandbox nothing is hidden")
+    runner_writable = _absolute_paths(runner, "writable", fail, isolated,
+                                      "without a sandbox everything is writable")
+    runner_unisolated = None if unisolated is None else _unisolated_warning(
+        shown, unisolated, len(runner_hide), runner.get("network") is False)
     if runner.get("gpus") == "auto":
         gpus = auto_gpus()
     elif isinstance(runner.get("gpus"), str):
@@ -250,7 +262,8 @@ def load_task(path: Path, rootdir: Path) -> Task:
                 runner_timeout=runner_timeout, gpus=gpus, metric=scorer.metric, scorer=scorer, constraints=constraints,
                 direction=direction, policy=policy, mutator_isolation=mutator_isolation,
                 runner_isolation=runner_isolation, setup_command=setup_command, setup_timeout=setup_timeout,
-                evaluator=evaluator, budget=budget)
+                evaluator=evaluator, budget=budget, runner_hide=runner_hide, runner_writable=runner_writable,
+                runner_unisolated=runner_unisolated)
 
 
 def schema() -> dict[str, tuple[str, ...]]:
@@ -321,12 +334,51 @@ def _duplicate_key(node: yaml.Node | None, prefix: str = "") -> tuple[str, int, 
     return None
 
 
-def _isolation(section: Mapping[str, Any], role: str, fail) -> Isolation | None:
-    chosen, problem = isolation.parse(section.get("isolation"), section.get("network"), role)
-    if problem is not None:
-        key, _, message = problem.partition(": ")
+def _isolation(section: Mapping[str, Any], role: str, fail) -> tuple[Isolation | None, str | None]:
+    """The section's isolation, and (runner.isolation: auto where bwrap cannot run here) why it runs without."""
+    chosen = isolation.parse(section.get("isolation"), section.get("network"), role)
+    if chosen.problem is not None:
+        key, _, message = chosen.problem.partition(": ")
         raise fail(key, message)
-    return chosen
+    return chosen.isolation, chosen.unisolated
+
+
+def _absolute_paths(runner: Mapping[str, Any], key: str, fail, isolated: bool, without: str) -> tuple[str, ...]:
+    """runner.hide's or runner.writable's paths, absolute once ~ and variables are expanded (now: the session's
+    environment is the runner's); a wildcard only in the last component, and none in a folder to create."""
+    value = runner.get(key, [])
+    value = [value] if isinstance(value, str) else value
+    if not isinstance(value, list):
+        raise fail(f"runner.{key}", f"must be a list of absolute paths, got {value!r}")
+    if value and not isolated:
+        raise fail(f"runner.{key}", f"needs runner.isolation: bwrap or auto ({without})")
+    paths = []
+    for raw in value:
+        if not isinstance(raw, str) or not raw.strip():
+            raise fail(f"runner.{key}", f"each entry must be a non-empty string, got {raw!r}")
+        try:
+            path = isolation.expand_path(raw, os.environ, os.path.expanduser("~"))
+        except ValueError as e:
+            raise fail(f"runner.{key}", f"{raw!r}: {e}") from None
+        if not os.path.isabs(path):
+            raise fail(f"runner.{key}", f"{raw!r} is not an absolute path (after expanding ~ and variables: {path!r})")
+        folder, name = os.path.split(os.path.normpath(path))
+        if isolation.WILDCARD.search(folder):
+            raise fail(f"runner.{key}", f"{raw!r}: a wildcard may only be in the last path component")
+        if key == "writable" and isolation.WILDCARD.search(name):
+            raise fail(f"runner.{key}", f"{raw!r}: a folder to create holds no wildcard")
+        paths.append(os.path.join(folder, name))
+    return tuple(paths)
+
+
+def _unisolated_warning(shown: str, why: str, hidden: int, offline: bool) -> str:
+    """What runner.isolation: auto says once a session where bwrap cannot run: why, and what is not hidden."""
+    sees = "the engine's storage (results, logs, the records' key)"
+    if hidden:
+        sees += f" and runner.hide's {hidden} path{'s' if hidden > 1 else ''}"
+    reach = [f"sees {sees}", *(["has the network"] if offline else []), "can write wherever you can"]
+    return (f"{shown}: runner.isolation: auto: the runner runs without isolation here, as {why}: it "
+            f"{', '.join(reach[:-1])}, and {reach[-1]}")
 
 
 def _budget(runner: Mapping[str, Any], rootdir: Path, protected: tuple[str, ...], fail) -> Budget | None:
@@ -369,7 +421,7 @@ def _evaluator(value: Any, protected: tuple[str, ...], scorer: Scorer, fail) -> 
     if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1:
         raise fail("evaluator.max_bytes", f"must be an integer >= 1 (bytes), got {max_bytes!r}")
     timeout = _number(spec, "timeout", DEFAULT_EVALUATOR_TIMEOUT, "evaluator", fail)
-    return Evaluator(command, receives, max_bytes, timeout, _isolation(spec, "evaluator", fail))
+    return Evaluator(command, receives, max_bytes, timeout, _isolation(spec, "evaluator", fail)[0])
 
 
 def _prompt(value: Any, rootdir: Path, fail) -> Path:

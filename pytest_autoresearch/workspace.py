@@ -53,7 +53,8 @@ def apply_contents(root: Path, contents: Mapping[str, Content | None]) -> None:
                 (root / rel).unlink(missing_ok=True)
 
 
-def _sha(content: Content) -> str:
+def content_sha(content: Content) -> str:
+    """sha256 of a file's bytes, or of a link's target (as `link:<target>`), in hex."""
     blob = b"link:" + content.target.encode() if isinstance(content, Link) else content
     return hashlib.sha256(blob).hexdigest()
 
@@ -147,7 +148,7 @@ class Snapshot:
 
 
 def protected_hashes(task: Task, contents: Mapping[str, Content]) -> dict[str, str]:
-    return {rel: _sha(c) for rel, c in contents.items() if task.is_protected(rel)}
+    return {rel: content_sha(c) for rel, c in contents.items() if task.is_protected(rel)}
 
 
 # ----------------------------------------------------------------------------
@@ -159,8 +160,12 @@ def _git(root: Path, *args: str, input: bytes | None = None) -> subprocess.Compl
 
 
 def git_head(root: Path) -> str | None:
-    """The commit HEAD names, or None outside a repository with commits."""
-    proc = _git(root, "rev-parse", "--verify", "-q", "HEAD")
+    """The commit HEAD names, or None outside a repository with commits (or where git is not installed: a
+    mutator-mode task needs no git)."""
+    try:
+        proc = _git(root, "rev-parse", "--verify", "-q", "HEAD")
+    except FileNotFoundError:
+        return None
     return proc.stdout.decode().strip() if proc.returncode == 0 else None
 
 
@@ -185,7 +190,7 @@ def git_head_contents(task: Task) -> tuple[dict[str, Content], dict[str, str]] |
         if task.is_artifact(rel):
             files[rel] = content
         else:
-            protected[rel] = _sha(content)
+            protected[rel] = content_sha(content)
     return (files, protected) if files else None  # artifacts never committed: HEAD is no baseline
 
 

@@ -158,15 +158,24 @@ def test_task_yaml_uses_only_v1_keys_with_valid_values(task_file: Path) -> None:
         assert 0 < policy["confidence"] < 1
 
 
+# train.py's runs, isolated where bubblewrap can run: the validation data (prepare.py's val shard and packed
+# validation rows in its cache) out of their sight, the compile cache writable, no network
+CACHE = "${AUTORESEARCH_CACHE:-~/.cache/autoresearch}"
+RUNNER_ISOLATION = {"isolation": "auto", "network": False,
+                    "hide": [f"{CACHE}/data/shard_val.parquet", f"{CACHE}/tokenizer/val_rows-*.pt"],
+                    "writable": [f"{CACHE}/compile"]}
+
+
 @pytest.mark.parametrize("task_name", ["train-bpb", "train-bpb-search"])
 def test_the_training_tasks_are_sealed(task_name: str) -> None:
     """train.py trains and saves; evaluate.py, protected, scores the saved model; prepare.py's TIME_BUDGET bounds the
-    training from outside."""
+    training from outside; the training runs isolated from the validation data."""
     task = yaml.safe_load((EXPERIMENTS / task_name / "task.yaml").read_text(encoding="utf-8"))
     assert task["artifacts"] == ["train.py"] and task["protected"] == ["prepare.py", "evaluate.py"]
     runner = task["runner"]
     assert (runner["command"], runner["timeout"], runner["gpus"]) == ("python train.py", 600, "auto")
     assert runner["budget"] == "prepare.py:TIME_BUDGET" and 0 < runner["startup_allowance"] <= 300
+    assert {key: runner[key] for key in RUNNER_ISOLATION} == RUNNER_ISOLATION
     assert task["evaluator"] == {"command": "python evaluate.py model.export", "receives": "model.export",
                                  "timeout": 600}
     assert task["scorer"]["metric"] == "val_bpb" and task["scorer"]["direction"] == "minimize"
@@ -190,6 +199,7 @@ def test_train_bpb_search_uses_the_hparams_mutator_and_the_noise_aware_policy() 
     assert early_stop["min_progress"] == 20
     assert re.search(early_stop["pattern"], line).group("progress", "value") == ("36.1", "1.871335")
     assert task["runner"]["gpus"] == "auto" and task["runner"]["timeout"] == 600
+    assert {key: task["runner"][key] for key in RUNNER_ISOLATION} == RUNNER_ISOLATION
 
 
 def test_train_bpb_search_mutator_never_touches_device_batch_size(tmp_path: Path) -> None:

@@ -230,7 +230,8 @@ def test_workspace_mode_baseline_from_git_head_ignores_untracked_protected_files
     assert [r["status"] for r in records(pytester.path)] == ["baseline", "keep"] and value(pytester) == "5\n"
     (pytester.path / "data/cache.bin").write_bytes(b"changed")  # from now on it is held fixed
     (pytester.path / "experiments/t/value.txt").write_text("6\n")
-    research().stdout.fnmatch_lines(["*rejected: protected file changed: data/cache.bin*"])
+    research().stdout.fnmatch_lines(["*protected file data/cache.bin changed in the workspace since the last "
+                                     "landing (iteration 1): the task stops*"])
 
 
 def test_workspace_mode_a_new_commit_is_a_new_baseline_and_the_summary_says_so(pytester, research, commit_all):
@@ -546,6 +547,7 @@ def test_baseline_runs_that_finished_are_not_run_again_under_the_same_setup(pyte
     flag.unlink()
     if changed == "protected":  # the evaluation changed: runs measured under the old one no longer count
         (pytester.path / "prepare.py").write_text("TIME_BUDGET = 30\n")
+        (pytester.path / "work/autoresearch/protected/t.json").unlink()  # the user's change, accepted as the stop says
     if changed == "evaluator":  # scored by an evaluator now, not from the runner's own lines
         evaluate = f"{PY} -c 'print(\"score:\", open(\"experiments/t/value.txt\").read().strip())'"
         write_task(pytester.path, score=TALLY_SCORE, spec={

@@ -98,7 +98,7 @@ def test_the_schema_is_what_loading_accepts():
     assert set(keys["scorer"]) == {"kind", "metric", "pattern", "direction", "file", "constraints"}
     assert set(keys["policy"]) == {"kind", "min_delta", "repeats", "confidence", "max_repeats", "pool_noise", "early_stop"}
     assert set(keys["mutator"]) == {"command", "timeout", "prompt", "isolation", "network", "hparams"}
-    assert set(keys["runner"]) == {"command", "timeout", "gpus", "isolation", "network", "budget",
+    assert set(keys["runner"]) == {"command", "timeout", "gpus", "isolation", "network", "hide", "writable", "budget",
                                    "startup_allowance"}
     assert set(keys["evaluator"]) == {"command", "receives", "max_bytes", "timeout", "isolation", "network"}
     assert set(keys["setup"]) == {"command", "timeout"}

@@ -14,10 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..lines import NUMBER, matched_lines
+
 DEFAULT_KIND = "stdout"
 COMMON_KEYS = ("kind", "metric", "direction", "constraints")
-METRIC_LINE = re.compile(r"^\s*([A-Za-z_][\w.\-/]*)\s*:\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*$")
-CONSTRAINT = re.compile(r"^\s*([A-Za-z_][\w.\-/]*)\s*(<=|>=|<|>|==|!=)\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*$")
+# unambiguous, so that a line that nearly matches fails in time linear in its length (lines.py)
+METRIC_LINE = re.compile(rf"^\s*([A-Za-z_][\w.\-/]*)\s*:\s*({NUMBER})\s*$")
+CONSTRAINT = re.compile(rf"^\s*([A-Za-z_][\w.\-/]*)\s*(<=|>=|<|>|==|!=)\s*({NUMBER})\s*$")
 COMPARE: dict[str, Callable[[float, float], bool]] = {
     "<=": lambda a, b: a <= b, ">=": lambda a, b: a >= b, "<": lambda a, b: a < b, ">": lambda a, b: a > b,
     "==": lambda a, b: a == b, "!=": lambda a, b: a != b}
@@ -135,9 +138,10 @@ def _constraints(value: Any, fail: Fail) -> tuple[Constraint, ...]:
 
 
 def extract_metrics(stdout: str) -> dict[str, float]:
-    """Every `key: number` line of stdout (the last value wins), e.g. val_bpb, peak_vram_mb, training_seconds."""
+    """Every `key: number` line of stdout (the last value wins), e.g. val_bpb, peak_vram_mb, training_seconds;
+    a line longer than lines.MATCHED_LINE_CHARS is none."""
     metrics = {}
-    for line in stdout.splitlines():
+    for line in matched_lines(stdout):
         if (match := METRIC_LINE.match(line)) is not None and math.isfinite(value := float(match.group(2))):
             metrics[match.group(1)] = value
     return metrics

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..lines import MATCHED_LINE_CHARS, nested_repeat_problem
 from . import Fail, NoScore, NotFinite, Scored, Scorer, clipped, extract_metrics
 
 KEYS = ("pattern",)
@@ -34,13 +35,18 @@ class StdoutScorer(Scorer):
 def extract_score(pattern: re.Pattern[str], stdout: str, metric: str,
                   source: str = "runner") -> tuple[float | None, str | None]:
     """(score, None) from group 1 of the last matching line, else (None, why not); a NaN or infinity comes
-    with why it is no finite score: (nan, "no metric: score is nan")."""
-    last = None
+    with why it is no finite score: (nan, "no metric: score is nan"). A line longer than lines.MATCHED_LINE_CHARS
+    matches nothing."""
+    last, unread = None, 0
     for line in stdout.splitlines():
-        if (match := pattern.search(line)) is not None:
+        if len(line) > MATCHED_LINE_CHARS:
+            unread += 1
+        elif (match := pattern.search(line)) is not None:
             last = match
     if last is None:
-        return None, f"no metric: no line of the {source}'s stdout matches {pattern.pattern!r}"
+        note = (f" ({unread:,} line{'s' if unread > 1 else ''} longer than {MATCHED_LINE_CHARS:,} characters not "
+                f"read)" if unread else "")
+        return None, f"no metric: no line of the {source}'s stdout matches {pattern.pattern!r}{note}"
     text = last.group(1)
     try:
         value = float(text)
@@ -61,4 +67,6 @@ def build(spec: Mapping[str, Any], metric: str, fail: Fail) -> StdoutScorer:
         raise fail("scorer.pattern", f"bad regex {raw!r}: {e}") from None
     if pattern.groups < 1:
         raise fail("scorer.pattern", f"regex {raw!r} needs a group (...) capturing the number")
+    if (problem := nested_repeat_problem(raw)) is not None:
+        raise fail("scorer.pattern", problem)
     return StdoutScorer(metric, pattern)
