@@ -138,7 +138,9 @@ class Attention:
         """The plan evaluate.py can load: FlexAttention's block masks and the flash_attn package's kernel cannot be
         saved, so their layers switch to SDPA with the same band masks (the same attention, computed another way)."""
         self.banded = "masked" if self.banded in ("flex", "flash_attn") else self.banded
-        self.full = "sdpa" if self.full == "flash_attn" else self.full
+        # SDPA's own op, not a back-end's fused one: those return symbolic sizes, which the evaluator refuses (their
+        # expressions would be parsed by eval); the evaluator's SDPA call picks the fused kernel at run time anyway
+        self.full, self.sdpa_backends = "sdpa", None
         return self
 
     def name(self):

@@ -549,9 +549,9 @@ def test_baseline_runs_that_finished_are_not_run_again_under_the_same_setup(pyte
         (pytester.path / "prepare.py").write_text("TIME_BUDGET = 30\n")
         (pytester.path / "work/autoresearch/protected/t.json").unlink()  # the user's change, accepted as the stop says
     if changed == "evaluator":  # scored by an evaluator now, not from the runner's own lines
-        evaluate = f"{PY} -c 'print(\"score:\", open(\"experiments/t/value.txt\").read().strip())'"
-        write_task(pytester.path, score=TALLY_SCORE, spec={
-            **spec, "evaluator": {"command": evaluate, "receives": "experiments/t/value.txt"}})
+        evaluate = f"{PY} -c 'print(\"score:\", open(\"model.txt\").read().strip())'"
+        saving = TALLY_SCORE + 'pathlib.Path("model.txt").write_text(pathlib.Path("experiments/t/value.txt").read_text())\n'
+        write_task(pytester.path, score=saving, spec={**spec, "evaluator": {"command": evaluate, "receives": "model.txt"}})
     research()
     baseline = [r for r in records(pytester.path) if r["status"] == "baseline"]
     assert len(baseline) == 1 and baseline[0]["scores"] == [1.0, 1.0, 1.0]
