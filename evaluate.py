@@ -259,15 +259,15 @@ class SealedModel(nn.Module):
 
     def forward(self, x, y, reduction="none"):
         logits = self.logits(x)
-        if not torch.isfinite(logits).all():
-            raise Refused("the model's logits hold NaN or infinity")
+        # as the in-process evaluation computes it (train.py's GPT.forward): the same number for the same weights
+        loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.reshape(-1), ignore_index=-1,
+                               reduction="none").view(y.shape)
+        if not torch.isfinite(loss).all():  # the losses, not the logits: a pass over (B, T), not (B, T, vocab)
+            raise Refused("the model's logits give a NaN or infinite loss")
         if self.calls in self.checked:
             self.rows_checked += check_causal(self.logits, x, logits, self.vocab_size, self.rng)
         self.calls += 1
-        # as the in-process evaluation computes it (train.py's GPT.forward): the same number for the same weights
-        logits = logits.float()
-        loss = F.cross_entropy(logits.view(-1, logits.size(-1)), y.reshape(-1), ignore_index=-1, reduction=reduction)
-        return loss.view(y.shape) if reduction == "none" else loss
+        return loss if reduction == "none" else loss.mean()
 
 
 def check_causal(run, x, logits, vocab_size, rng):
@@ -275,12 +275,12 @@ def check_causal(run, x, logits, vocab_size, rng):
     stay whole): logits before t must be exactly the same. Returns the rows checked; raises Refused."""
     B, T = x.shape
     cuts = [T if r < WHOLE_ROWS else rng.randrange(1, T) for r in rng.sample(range(B), B)]
-    perturbed = x.clone()
-    for r, t in enumerate(cuts):
-        if t < T:
-            noise = torch.tensor([rng.randrange(vocab_size) for _ in range(T - t)], device=x.device)
-            noise[0] = (x[r, t] + 1 + noise[0] % (vocab_size - 1)) % vocab_size  # the first replaced token always differs
-            perturbed[r, t:] = noise
+    noise = torch.randint(vocab_size, (B, T), generator=torch.Generator().manual_seed(rng.getrandbits(63))).to(x.device)
+    position = torch.arange(T, device=x.device)
+    cut = torch.tensor(cuts, device=x.device)[:, None]
+    # every token from the cut on replaced; the first one always by another token (x + 1 + something, mod vocab)
+    shifted = (x + 1 + noise % max(vocab_size - 1, 1)) % vocab_size
+    perturbed = torch.where(position > cut, noise, torch.where(position == cut, shifted, x))
     again = run(perturbed)
     for r, t in enumerate(cuts):
         if not torch.equal(logits[r, :t], again[r, :t]):

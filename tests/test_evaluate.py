@@ -94,7 +94,7 @@ def test_a_file_with_another_batch_size_scores_the_same(honest_file, tmp_path: P
     ("dropout", "random"),
     ("stateful", "writes its (buffers|arguments)"),
     ("wrong-shape", "not logits of shape"),
-    ("nan", "NaN or infinity"),
+    ("nan", "NaN or infinite loss"),
 ])
 def test_a_cheating_or_broken_graph_is_refused_with_its_reason(use_tiny_cache: Path, tmp_path: Path, trick: str,
                                                                 reason: str) -> None:
