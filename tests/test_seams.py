@@ -111,3 +111,14 @@ def test_usage_documents_every_task_key():
         for name in names:
             key = f"{section}.{name}" if section else name
             assert key in documented or (not section and name in {"mutation", "scorer", "policy", "runner"}), key
+
+
+def test_every_test_the_trust_model_names_exists() -> None:
+    """USAGE's trust model backs each claim with a test named `file.py::test_name`: each must be there."""
+    usage = (REPO_ROOT / "USAGE.md").read_text(encoding="utf-8")
+    section = usage[usage.index("## Trust model"):usage.index("## For agents running the loop")]
+    named = set(re.findall(r"`(test_\w+\.py)::(test_\w+)`", section))
+    assert len(named) >= 15
+    for file, name in sorted(named):
+        source = (REPO_ROOT / "tests" / file).read_text(encoding="utf-8")
+        assert re.search(rf"^def {name}\(", source, re.M), f"USAGE's trust model names {file}::{name}, which is not there"
