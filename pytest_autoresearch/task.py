@@ -18,6 +18,7 @@ import yaml
 
 from .budget import Budget, budget_source
 from .evaluator import Evaluator
+from .globs import glob_regex
 from .gpus import auto_gpus
 from . import isolation, scorers
 from .isolation import Isolation
@@ -96,52 +97,11 @@ class Task:
         return any(glob_regex(g).match(rel) for g in self.protected)
 
 
-# ----------------------------------------------------------------------------
-# Repo-relative globs: `*` and `?` stay inside one path component, `**` spans any number
-# of folders, a trailing `/` means everything below that folder. (fnmatch lets `*` cross `/`.)
-
-_GLOB_CACHE: dict[str, re.Pattern[str]] = {}
-
-
 def unmatched_globs(task: Task, paths: Iterable[str]) -> list[str]:
     """'artifacts: x' for each glob of the task that names none of these repo-relative paths."""
     paths = list(paths)
     return [f"{key}: {glob!r}" for key, globs in (("artifacts", task.artifacts), ("protected", task.protected))
             for glob in globs if not any(glob_regex(glob).match(p) for p in paths)]
-
-
-def glob_regex(glob: str) -> re.Pattern[str]:
-    """Compiled (and cached) regex matching the repo-relative paths that `glob` names."""
-    if glob not in _GLOB_CACHE:
-        pattern = glob + "**" if glob.endswith("/") else glob
-        out, i = [], 0
-        while i < len(pattern):
-            if pattern.startswith("**/", i):
-                out.append("(?:.*/)?")
-                i += 3
-            elif pattern.startswith("**", i):
-                out.append(".*")
-                i += 2
-            elif pattern[i] == "*":
-                out.append("[^/]*")
-                i += 1
-            elif pattern[i] == "?":
-                out.append("[^/]")
-                i += 1
-            elif pattern[i] == "[" and (end := pattern.find("]", i + 2)) != -1:
-                body = pattern[i + 1:end]
-                negated = body.startswith("!")
-                # ranges like 0-9 stay ranges; only what regex classes treat specially is escaped; a class
-                # never matches "/", so it stays within one folder like * and ?
-                members = re.sub(r"([\\\]\[^])", r"\\\1", body[1:] if negated else body)
-                out.append(f"[^/{members}]" if negated else f"(?!/)[{members}]")
-                i = end + 1
-            else:
-                out.append(re.escape(pattern[i]))
-                i += 1
-        # DOTALL: a file name may hold a newline, and `**` must still cover it (else `data/` would miss it)
-        _GLOB_CACHE[glob] = re.compile("".join(out) + r"\Z", re.DOTALL)
-    return _GLOB_CACHE[glob]
 
 
 # ----------------------------------------------------------------------------

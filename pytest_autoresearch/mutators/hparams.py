@@ -46,7 +46,7 @@ from typing import Any
 from ..files import write_atomic
 from ..results import read_records
 from ..sandbox import Link, scan
-from ..task import glob_regex
+from ..globs import glob_regex
 from .constants import (POW2_TEXT_RE, Constant, Value, apply_moves, eval_text, find_constants, first_positive_int,
                         is_number, is_pow2, name_words, render)
 
