@@ -123,3 +123,24 @@ def test_a_candidate_no_better_than_the_baseline_is_kept_at_most_one_minus_confi
 def test_a_real_gain_is_missed_at_most_as_often_as_usage_states(gain_sd, baseline_runs, most_missed):
     # USAGE (Policies: sequential) states these rates for the defaults; this is the simulation behind them
     assert 1 - keep_rate(sequential(), gain_sd, baseline_runs, 20000, seed=7) <= most_missed
+
+
+# ----------------------------------------------------------------------------
+# Through the engine (an inner pytest session, real subprocesses)
+
+pytest_plugins = ["pytester"]
+
+
+def test_the_engine_scores_the_baseline_once_and_a_keeps_runs_become_the_next_baseline(pytester, monkeypatch):
+    from test_noise_acceptance import MUTATE_IMPROVE, research
+
+    policy = {"kind": "sequential", "noise_sd": 1.0, "pool_noise": False}  # the synthetic runner's sd is 1
+    recs = research(pytester, monkeypatch, MUTATE_IMPROVE, policy, gain=6.0, iterations=6)
+    baselines = [r for r in recs if r["status"] == "baseline"]
+    judged = [r for r in recs if r["status"] != "baseline"]
+    assert len(baselines) == 1 and len(baselines[0]["scores"]) == 1  # paid once, one run
+    assert all(1 <= len(r["scores"]) <= 2 for r in judged)
+    for before, after in zip(judged, judged[1:]):
+        if before["status"] == "keep":  # the keep's own runs judge the next candidate, never re-measured
+            assert after["baseline_scores"] == before["scores"]
+    assert sum(r["status"] == "keep" for r in judged) >= 4  # 6-sd gains: each a clear winner
