@@ -10,9 +10,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from autoresearch_helpers import write_task
 from pytest_autoresearch.noise import Noise
 from pytest_autoresearch.policies import make_policy
 from pytest_autoresearch.policies.sequential import SequentialPolicy
+from pytest_autoresearch.task import TaskError, load_task
 
 SD = 0.00034  # the H100 300 s seed spread of train.py (BENCHMARKS §3.3): the scale the policy ships for
 
@@ -44,6 +46,17 @@ def test_bad_settings_are_one_line_errors_naming_the_key(spec, message):
     with pytest.raises(ValueError) as caught:
         make_policy({"kind": "sequential", **spec})
     assert str(caught.value).startswith(message) and "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("policy, message", [
+    ({"kind": "sequential", "looks": [1, 2, 4], "max_runs": 3}, "policy.looks: a look at 4 runs is past max_runs (3)"),
+    ({"kind": "sequential", "confidence": 1.5}, "policy.confidence: must be a number strictly between 0 and 1"),
+])
+def test_bad_settings_in_task_yaml_name_the_file_and_key(tmp_path, policy, message):
+    write_task(tmp_path, spec={"policy": policy})
+    with pytest.raises(TaskError) as caught:
+        load_task(tmp_path / "experiments/t/task.yaml", tmp_path)
+    assert str(caught.value).startswith(f"experiments/t/task.yaml: {message}") and "\n" not in str(caught.value)
 
 
 def test_a_clear_winner_is_kept_and_a_clear_loser_discarded_on_the_first_run():
