@@ -152,9 +152,10 @@ def test_task_yaml_uses_only_v1_keys_with_valid_values(task_file: Path) -> None:
     assert re.compile(scorer["pattern"]).groups >= 1
     assert scorer["direction"] in ("minimize", "maximize")
     policy = task.get("policy", {"kind": "greedy"})
-    assert policy["kind"] in ("greedy", "noise-aware")
+    assert policy["kind"] in ("greedy", "noise-aware", "sequential")
     if policy["kind"] == "noise-aware":
         assert isinstance(policy["repeats"], int) and policy["repeats"] >= 2
+    if policy["kind"] != "greedy":
         assert 0 < policy["confidence"] < 1
 
 
