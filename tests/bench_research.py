@@ -4,7 +4,7 @@ engine's own policy objects (make_policy(...).decide(...), the noise pooled by n
 same candidates in the same order, and the same noise for a candidate's r-th run, under every policy.
 
 Usage: python tests/bench_research.py [--seeds 200] [--gpu-hours 8] [--noise-sd 0.00034] [--world fitted|issue]
-Prints, per policy: true improvement of val_bpb (the sum of the kept candidates' true effects), keeps, phantom
+[--screen 1,2,3]. Prints, per policy (and for the shipped policy behind a 100 s screen, Screen below): true improvement of val_bpb (the sum of the kept candidates' true effects), keeps, phantom
 keeps (kept with a true effect >= 0), runs per decision, decisions, and true improvement per GPU-hour with its
 ratio to the ritual's (BENCHMARKS.md §13).
 
@@ -151,6 +151,64 @@ def simulate(policy: Policy, setup: Setup, seed: int) -> Session:
 
 
 @dataclass(frozen=True)
+class Screen:
+    """Screening at a shorter budget (issue 21, item 3), assumed rather than measured: each candidate first runs
+    for budget_s, and only one its screen policy keeps (promotes) is judged on full runs by the main policy.
+    A screen run sees the full run's true effect through noise noise_factor times the full run's sd: how well
+    the short budget ranks candidates, in one number (1: as well as a full run; larger: worse agreement). The
+    GPU issue measures the agreement on real runs; until then the benchmark shows a range of factors."""
+    noise_factor: float = 2.0
+    budget_s: float = 100.0
+    promote_confidence: float = 0.7   # promote when the screen's z clears this one-sided quantile (0.52 here)
+
+    def policy(self, setup: Setup) -> Policy:
+        return make_policy({"kind": "sequential", "confidence": self.promote_confidence, "looks": [1],
+                            "noise_sd": setup.noise_sd * self.noise_factor, "pool_noise": False})
+
+
+def simulate_screened(policy: Policy, screen: Screen, setup: Setup, seed: int) -> Session:
+    """simulate()'s session with a screen before the full runs: a screen run costs screen.budget_s plus the
+    overhead; a keep's screen score and full runs become the two baselines. The same candidates and full-run
+    noise as simulate() with the same seed."""
+    rng, noise = random.Random(f"{seed}/effects"), run_noise(seed, setup.noise_sd)
+    screen_noise, screener = run_noise(seed, setup.noise_sd * screen.noise_factor), screen.policy(setup)
+    screen_s, budget, out = screen.budget_s + setup.overhead_s, setup.gpu_hours * 3600.0, Session()
+    if screen_s + setup.run_s > budget:
+        return out
+    true_score, i = 0.0, 0
+    screen_baseline, baseline = [screen_noise("baseline", 0, 0)], [noise("baseline", 0, 0)]
+    out.gpu_s += screen_s + setup.run_s
+    records: list[dict[str, Any]] = [{"status": "baseline", "scores": baseline, "baseline_scores": baseline}]
+    while True:
+        effect = setup.effects.draw(rng)
+        if out.gpu_s + screen_s > budget:
+            return out
+        out.gpu_s += screen_s
+        screened = [true_score + effect + screen_noise("candidate", i, 0)]
+        runs = 1
+        if screener.decide(screen_baseline, screened, "minimize").verdict == "keep":
+            pooled = task_noise([*records, {"scores": baseline}]) if policy.pool_noise else None
+            scores: list[float] = []
+            verdict = "continue"
+            while verdict == "continue" and len(scores) < policy.max_runs:
+                if out.gpu_s + setup.run_s > budget:
+                    return out
+                out.gpu_s += setup.run_s
+                scores.append(true_score + effect + noise("candidate", i, len(scores)))
+                verdict = policy.decide(baseline, scores, "minimize", pooled).verdict
+            records.append({"status": verdict, "scores": scores, "baseline_scores": baseline})
+            runs += len(scores)
+            if verdict == "keep":
+                true_score += effect
+                out.gain -= effect
+                out.keeps += 1
+                out.phantoms += effect >= 0
+                screen_baseline, baseline = screened, scores
+        out.runs_per_decision.append(runs)
+        i += 1
+
+
+@dataclass(frozen=True)
 class Summary:
     name: str
     gain: float            # mean over sessions
@@ -182,7 +240,17 @@ def policies() -> dict[str, Mapping[str, Any]]:
             "train-bpb-search now (sequential)": shipped_policy()}
 
 
+def screened(factors: Sequence[float], setup: Setup, seeds: Sequence[int]) -> dict[str, Summary]:
+    """The shipped policy behind a 100 s screen, one summary per assumed noise factor of the screen."""
+    policy = make_policy(shipped_policy())
+    return {f"screen {f:g}": summarize(f"100 s screen (noise × {f:g}), then train-bpb-search now",
+                                       [simulate_screened(policy, Screen(noise_factor=f), setup, seed)
+                                        for seed in seeds])
+            for f in factors}
+
+
 def table(summaries: Mapping[str, Summary]) -> str:
+    """The summaries side by side; the first is the ritual that the last column divides by."""
     ritual = next(iter(summaries.values())).gain_per_gpu_hour
     lines = ["| policy | true improvement | keeps | phantom keeps | runs per decision (median / mean) | decisions "
              "| per GPU-hour | × ritual |", "|---|---|---|---|---|---|---|---|"]
@@ -201,11 +269,15 @@ def main() -> None:
     parser.add_argument("--budget-s", type=float, default=300.0)
     parser.add_argument("--overhead-s", type=float, default=28.7)
     parser.add_argument("--world", choices=sorted(WORLDS), default="fitted")
+    parser.add_argument("--screen", default="1,2,3",
+                        help="noise factors of a 100 s screen to add as rows (assumed; empty: none)")
     args = parser.parse_args()
     setup = Setup(WORLDS[args.world], args.noise_sd, args.budget_s, args.overhead_s, args.gpu_hours)
     print(f"world {args.world}: {setup.effects}; noise sd {setup.noise_sd}; {setup.run_s:g} s a run; "
           f"{setup.gpu_hours:g} GPU-hours; seeds 0..{args.seeds - 1}")
-    print(table(compare(policies(), setup, range(args.seeds))))
+    seeds = range(args.seeds)
+    factors = [float(f) for f in args.screen.split(",") if f]
+    print(table({**compare(policies(), setup, seeds), **screened(factors, setup, seeds)}))
 
 
 if __name__ == "__main__":
