@@ -4,9 +4,10 @@ engine's own policy objects (make_policy(...).decide(...), the noise pooled by n
 same candidates in the same order, and the same noise for a candidate's r-th run, under every policy.
 
 Usage: python tests/bench_research.py [--seeds 200] [--gpu-hours 8] [--noise-sd 0.00034] [--world fitted|issue]
-[--screen 1,2,3]. Prints, per policy (and for the shipped policy behind a 100 s screen, Screen below): true improvement of val_bpb (the sum of the kept candidates' true effects), keeps, phantom
-keeps (kept with a true effect >= 0), runs per decision, decisions, and true improvement per GPU-hour with its
-ratio to the ritual's (BENCHMARKS.md §13).
+[--screen 1,2,3]. Prints, per policy (and for the shipped policy behind a 100 s screen, Screen below): true
+improvement of val_bpb (the sum of the kept candidates' true effects), keeps, phantom keeps (kept with a true
+effect >= 0), runs per decision, decisions, and true improvement per GPU-hour with its ratio to the ritual's
+(BENCHMARKS.md §13).
 
 The fitted world (FITTED). The upstream's session karpathy/autoresearch, branch exp/H100/mar8, results.tsv:
 124 judged experiments on one H100 at 300 s, one run each, seed 42, a keep being any improvement. Each

@@ -132,7 +132,8 @@ def test_a_candidate_no_better_than_the_baseline_is_kept_at_most_one_minus_confi
     assert rate <= (1 - confidence) + slack
 
 
-@pytest.mark.parametrize("gain_sd, baseline_runs, most_missed", [(3.0, 1, 0.54), (4.0, 1, 0.24), (6.0, 1, 0.015), (4.0, 2, 0.085)])
+@pytest.mark.parametrize("gain_sd, baseline_runs, most_missed",
+                         [(3.0, 1, 0.54), (4.0, 1, 0.24), (6.0, 1, 0.015), (4.0, 2, 0.085)])
 def test_a_real_gain_is_missed_at_most_as_often_as_usage_states(gain_sd, baseline_runs, most_missed):
     # USAGE (Policies: sequential) states these rates for the defaults; this is the simulation behind them
     assert 1 - keep_rate(sequential(), gain_sd, baseline_runs, 20000, seed=7) <= most_missed
