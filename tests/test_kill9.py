@@ -112,3 +112,28 @@ def test_a_session_killed_anywhere_in_landing_a_keep_leaves_nothing_half_done(re
     assert recovered, "no kill ever fell between a keep's journal and its record"
     print(f"\nkill -9: {killed} of {KILLS} sessions killed; {half_applied} left a half-applied workspace, "
           f"{len(recovered)} keeps landed by the rerun; {check(repo)} keeps, each recorded once; 0 temp files")
+
+
+@pytest.mark.slow
+def test_a_sequential_session_killed_anywhere_resumes_from_its_kept_runs(repo: Path) -> None:
+    """Under the sequential policy the baseline is the last keep's own runs: after any kill and rerun, each
+    candidate is judged against exactly those runs, and the baseline is scored once (no run lost or counted
+    twice in what judges the next candidate)."""
+    task = repo / "experiments" / "bump" / "task.yaml"
+    task.write_text(task.read_text().replace("policy: {kind: greedy}",
+                                             "policy: {kind: sequential, noise_sd: 0.1, pool_noise: false}"))
+    rng = random.Random(SEED + 21)
+    for _ in range(KILLS // 5):
+        research(repo, KILL_AT=str(rng.randint(1, 8)), KILL_WHEN=rng.choice(["before", "after"]))
+        rerun = research(repo)
+        assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-2000:]
+        check(repo)
+    records = [json.loads(line) for line in (repo / "work/results.jsonl").read_text().splitlines()]
+    baselines = [r for r in records if r["status"] == "baseline"]
+    assert len(baselines) == 1 and len(baselines[0]["scores"]) == 1
+    standing = baselines[0]["scores"]  # what judges the next candidate
+    for record in sorted((r for r in records if r["status"] != "baseline"), key=lambda r: r["iteration"]):
+        assert record["baseline_scores"] == standing, f"iteration {record['iteration']} judged against {record}"
+        if record["status"] == "keep":
+            standing = record["scores"]
+    assert check(repo) >= KILLS // 5  # every candidate is a clear winner: a keep per session at least

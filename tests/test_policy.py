@@ -48,7 +48,7 @@ def test_defaults():
 
 
 @pytest.mark.parametrize("spec, message", [
-    ({"kind": "foo"}, "policy.kind: unknown 'foo' (expected greedy or noise-aware)"),
+    ({"kind": "foo"}, "policy.kind: unknown 'foo' (expected greedy, noise-aware or sequential)"),
     ({"kind": "noise-aware", "repeats": 0}, "policy.repeats: must be an integer >= 1"),
     ({"kind": "noise-aware", "repeats": 2.5}, "policy.repeats: must be an integer >= 1"),
     ({"kind": "noise-aware", "repeats": "5"}, "policy.repeats: must be an integer >= 1"),

@@ -88,7 +88,7 @@ def test_policies_carry_their_own_seeding_and_score_reuse_rules():
 
 def test_kinds_are_the_modules_of_their_packages():
     # adding a kind is adding one module: nothing else lists them
-    assert scorers.kinds() == ["json-file", "stdout"] and policies.kinds() == ["greedy", "noise-aware"]
+    assert scorers.kinds() == ["json-file", "stdout"] and policies.kinds() == ["greedy", "noise-aware", "sequential"]
 
 
 def test_the_schema_is_what_loading_accepts():
@@ -96,7 +96,8 @@ def test_the_schema_is_what_loading_accepts():
     assert keys[""] == ("name", "description", "artifacts", "protected", "mutation", "mutator", "runner",
                         "scorer", "policy", "setup", "evaluator")
     assert set(keys["scorer"]) == {"kind", "metric", "pattern", "direction", "file", "constraints"}
-    assert set(keys["policy"]) == {"kind", "min_delta", "repeats", "confidence", "max_repeats", "pool_noise", "early_stop"}
+    assert set(keys["policy"]) == {"kind", "min_delta", "repeats", "confidence", "max_repeats", "pool_noise", "early_stop",
+                                  "looks", "max_runs", "discard_below", "noise_sd"}
     assert set(keys["mutator"]) == {"command", "timeout", "prompt", "isolation", "network", "hparams"}
     assert set(keys["runner"]) == {"command", "timeout", "gpus", "isolation", "network", "hide", "writable", "budget",
                                    "startup_allowance"}

@@ -4,7 +4,7 @@ the kind (`-` as `_`), that defines `KEYS` (its policy.* keys) and `build(spec) 
 side needs, which seed each run gets, and whether a keep's scores may stand in for the next baseline; the
 engine asks, it never looks at a policy's name.
 
-Two kinds, chosen by the `policy:` mapping of task.yaml:
+Three kinds, chosen by the `policy:` mapping of task.yaml (sequential: see its module):
 
 greedy ({kind: greedy, min_delta: 0.0})
     One score per side. Keep iff the candidate beats the baseline by more than
@@ -122,7 +122,8 @@ def make_policy(spec: Mapping[str, Any] | None) -> Policy:
         raise ValueError(f"policy: must be a mapping, got {type(spec).__name__}")
     kind = spec.get("kind", DEFAULT_KIND)
     if not isinstance(kind, str) or kind not in kinds():
-        raise ValueError(f"policy.kind: unknown {kind!r} (expected {' or '.join(kinds())})")
+        *others, last = kinds()
+        raise ValueError(f"policy.kind: unknown {kind!r} (expected {', '.join(others)} or {last})")
     allowed = keys(kind)
     for key in spec:
         if key not in allowed:
