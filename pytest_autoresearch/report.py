@@ -5,12 +5,14 @@
 The engine's terminal summary only points here (rendering at every run would cost a matplotlib import).
 progress.png has one subplot per task and is exactly
 FIG_WIDTH_IN x TASK_HEIGHT_IN*tasks inches at DPI: 1400 x 500*tasks pixels (saved without a tight bbox).
+Its x axis is the GPU-hours spent (cumulative_gpu_hours), the same measure as report.md's "Research per GPU-hour".
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import itertools
 import math
 import os
 import statistics
@@ -29,6 +31,11 @@ FIG_WIDTH_IN, TASK_HEIGHT_IN, DPI = 14, 5, 100
 TSV_STATUS = {"baseline": "keep", "keep": "keep", "discard": "discard", "rejected": "discard", "crash": "crash"}
 TSV_HEADER = "commit\tval_bpb\tmemory_gb\tstatus\tdescription"
 LABEL_CHARS = 45
+# runner.gpus is not in the records (a record holds its runner seconds and GPU wait, not the devices): the report
+# counts every run as holding one GPU, and says so beside the numbers.
+GPUS_PER_RUN = 1
+GPU_ASSUMPTION = "one GPU per run assumed: the records do not hold runner.gpus"
+DECISIONS = ("keep", "discard")  # the policy's verdicts; a crash, rejection or interruption decided nothing
 
 
 # ---------------------------------------------------------------------------
@@ -122,6 +129,78 @@ def savings(records: list[dict]) -> str:
     return text
 
 
+def _gpu_seconds(record: dict) -> float:
+    return (_number(record.get("runner_s")) or 0.0) * GPUS_PER_RUN
+
+
+def cumulative_gpu_hours(records: list[dict]) -> list[float]:
+    """GPU-hours spent up to the end of each record, in record order (progress.png's x axis)."""
+    return list(itertools.accumulate(_gpu_seconds(r) / 3600 for r in records))
+
+
+def _early_stop(record: dict) -> dict | None:
+    evidence = (record.get("statistic") or {}).get("early_stop")
+    return evidence if isinstance(evidence, dict) else None
+
+
+def _runs(record: dict) -> int:
+    """Runs that scored or were stopped early (a stopped run has no score; a crashed one is not counted)."""
+    return len(record.get("scores") or []) + (_early_stop(record) is not None)
+
+
+def _per_hour(value: float, hours: float, digits: int) -> str:
+    return f"{value / hours:.{digits}f} per GPU-hour" if hours else "n/a per GPU-hour"
+
+
+def research_markdown(records: list[dict]) -> list[str]:
+    """The "Research per GPU-hour" block: what the GPU time bought (decisions, keeps, gain) and what early
+    stopping saved of it."""
+    minimize, base, rows = _minimize(records), _baseline(records), frontier(records)
+    hours = sum(map(_gpu_seconds, records)) / 3600
+    decided = [r for r in records if r.get("status") in DECISIONS]
+    keeps = sum(r.get("status") == "keep" for r in records)
+    if base is not None and rows:
+        gain = (base - rows[-1][1]) if minimize else (rows[-1][1] - base)
+        best = f"{rows[-1][1]:.6f}; gain over the first baseline {gain:.6f}, {_per_hour(gain, hours, 6)}"
+    else:
+        best = "n/a"
+    runs_per_decision = [_runs(r) for r in decided]
+    per_decision = (f"median {statistics.median(runs_per_decision):g}, mean {statistics.mean(runs_per_decision):.2f} "
+                    "(a stopped run counts)") if runs_per_decision else "n/a"
+    return [
+        "### Research per GPU-hour", "", GPU_ASSUMPTION, "",
+        "| | |", "|---|---|",
+        f"| GPU-hours | {hours:.3f} (runner time of every record, baseline runs included) |",
+        f"| experiments | {_count(len(decided), 'decision')} (keep or discard), {_per_hour(len(decided), hours, 2)} |",
+        f"| keeps | {keeps}, {_per_hour(keeps, hours, 2)} |",
+        f"| best | {best} |",
+        f"| runs per decision | {per_decision} |",
+        f"| stopped early | {stopped_early(records)} |",
+    ]
+
+
+def stopped_early(records: list[dict]) -> str:
+    """The share of runs stopped early and the GPU time they did not spend: a stopped run's seconds are not
+    compared with its own full length (never run) but with the task's median full run, each scored record's
+    runs all counting as its mean run."""
+    runs = sum(map(_runs, records))
+    if not runs:
+        return "n/a"
+    stopped = [e for r in records if (e := _early_stop(r)) is not None]
+    text = f"{len(stopped)} of {runs} runs ({len(stopped) / runs:.1%})"
+    if not stopped:
+        return text
+    full = [_gpu_seconds(r) / len(r["scores"]) for r in records
+            if r.get("scores") and _early_stop(r) is None and _gpu_seconds(r)]
+    if not full:
+        return text + "; no full run to estimate the GPU time they did not spend"
+    median = statistics.median(full)
+    # a stopped run whose seconds were not recorded is counted as saving nothing rather than a whole run
+    saved = sum(max(0.0, median - (_number(e.get("run_seconds")) or median) * GPUS_PER_RUN) for e in stopped)
+    return (text + f"; ~{_duration(saved)} of GPU time not spent (estimate: the task's median full run, "
+                   f"{_duration(median)}, less each stopped run's seconds)")
+
+
 def _wall_span(records: list[dict]) -> float | None:
     spans = []
     for r in records:
@@ -182,6 +261,7 @@ def task_markdown(task: str, records: list[dict]) -> str:
         f"{_duration(_wall_span(records))} wall (first start to last end) |",
         f"| noise (std) | {'n/a' if sigma is None else f'{sigma[0]:.6f} ({sigma[1]})'} |",
         f"| runs saved | {savings(records)} |",
+        "", *research_markdown(records),
         "", "### Kept changes", "",
         "| iteration | score | delta | description |", "|---:|---:|---:|---|",
     ]
@@ -217,9 +297,9 @@ def _short(text: str) -> str:
 
 
 def _plot_task(ax, task: str, records: list[dict]) -> None:
-    from matplotlib.ticker import MaxNLocator
-
     minimize, base, rows = _minimize(records), _baseline(records), frontier(records)
+    # each record sits where its runs ended on the GPU-hours axis; keyed by identity, as records are plain dicts
+    hours = {id(r): h for r, h in zip(records, cumulative_gpu_hours(records))}
     counts = Counter(r.get("status") for r in records)
     # Zoom on the region between best and baseline, as the upstream's plot does; far-off scores sit at the edge.
     values = [s for s in (_number(r.get("score")) for r in records) if s is not None]
@@ -232,7 +312,7 @@ def _plot_task(ax, task: str, records: list[dict]) -> None:
     # Runs that were not kept are faded; those without a score (crash, rejected, ...) sit on the bottom edge.
     for status, color, marker in (("discard", "#bbbbbb", "o"), ("rejected", "#d98c8c", "o"),
                                   ("interrupted", "#8caad9", "o"), ("crash", "#e74c3c", "x")):
-        runs = [(_iteration(r), _number(r.get("score"))) for r in records if r.get("status") == status]
+        runs = [(hours[id(r)], _number(r.get("score"))) for r in records if r.get("status") == status]
         pts = [(x, min(max(y, lo), hi)) for x, y in runs if y is not None]
         edge = [x for x, y in runs if y is None]
         label = f"{status} ({len(runs)})"
@@ -243,20 +323,18 @@ def _plot_task(ax, task: str, records: list[dict]) -> None:
             ax.scatter(edge, [0.03] * len(edge), transform=ax.get_xaxis_transform(), c=color, marker=marker,
                        s=30 if marker == "x" else 16, alpha=0.8, zorder=3, label=label)
     if rows:
-        xs = [_iteration(r) for r, _, _ in rows]
+        xs = [hours[id(r)] for r, _, _ in rows]
         ax.scatter(xs, [_number(r["score"]) for r, _, _ in rows], c="#2ecc71", s=50, zorder=4,
                    edgecolors="black", linewidths=0.5, label=f"kept ({counts['keep']})")
-        last = max(_iteration(r) for r in records)
-        ax.step(xs + [last], [b for _, b, _ in rows] + [rows[-1][1]], where="post", color="#27ae60",
+        ax.step(xs + [hours[id(records[-1])]], [b for _, b, _ in rows] + [rows[-1][1]], where="post", color="#27ae60",
                 linewidth=2, alpha=0.7, zorder=3, label="running best")
         for r, _, _ in rows:
             label = _short(_one_line(r.get("description")) or str(r.get("status")))
-            note = ax.annotate(label, (_iteration(r), _number(r["score"])), textcoords="offset points",
+            note = ax.annotate(label, (hours[id(r)], _number(r["score"])), textcoords="offset points",
                                xytext=(6, 6), fontsize=8, color="#1a7a3a", rotation=30, ha="left", va="bottom")
             note.set_in_layout(False)
     ax.set_ylim(lo, hi)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("iteration")
+    ax.set_xlabel(f"GPU-hours (runner time; {GPU_ASSUMPTION})")
     metric = next((r["metric"] for r in records if r.get("metric")), "score")
     ax.set_ylabel(f"{metric} ({'lower' if minimize else 'higher'} is better)")
     ax.set_title(f"{task}: {len(records)} iterations, {counts['keep']} kept, {counts['crash']} crashed")

@@ -166,3 +166,66 @@ def test_no_records_still_reports(tmp_path: Path) -> None:
     assert _png_size(paths[0]) == (1400, 500)
     assert "0 records, 0 tasks" in paths[1].read_text(encoding="utf-8")
     assert paths[2].read_text(encoding="utf-8") == "commit\tval_bpb\tmemory_gb\tstatus\tdescription\n"
+
+
+# Research per GPU-hour: known runner seconds (3600 in all: one GPU-hour), per-run seconds 300, 310, 280, 320
+# and 250 (median 300), and one run stopped early after 75 s.
+STOPPED = {"test": "early_stop", "max_runs": 6, "early_stop": {"progress": 25.0, "run_seconds": 75.0}}
+GPU = [
+    _record("gpu", 0, "baseline", 1.0, metric="val_bpb", direction="minimize", scores=[1.0, 1.0, 1.0],
+            runner_s=900.0, metrics={"peak_vram_mb": 45056.0}),
+    _record("gpu", 1, "keep", 0.95, scores=[0.95, 0.95], runner_s=620.0),
+    _record("gpu", 2, "discard", 1.05, scores=[1.05], runner_s=280.0),
+    _record("gpu", 3, "discard", None, scores=[], runner_s=75.0, statistic=STOPPED),
+    _record("gpu", 4, "crash", None, runner_s=85.0),
+    _record("gpu", 5, "keep", 0.9, scores=[0.9, 0.9], runner_s=640.0),
+    _record("gpu", 6, "discard", 0.93, scores=[0.93] * 4, runner_s=1000.0),
+]
+
+
+def test_research_per_gpu_hour_block(tmp_path: Path) -> None:
+    path = tmp_path / "results.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in GPU) + "\n")
+    report.write_report(path)
+    md = (tmp_path / "report.md").read_text(encoding="utf-8")
+    block = md[md.index("### Research per GPU-hour"):md.index("### Kept changes")]
+    assert block.splitlines() == [
+        "### Research per GPU-hour", "",
+        "one GPU per run assumed: the records do not hold runner.gpus", "",
+        "| | |", "|---|---|",
+        "| GPU-hours | 1.000 (runner time of every record, baseline runs included) |",
+        "| experiments | 5 decisions (keep or discard), 5.00 per GPU-hour |",
+        "| keeps | 2, 2.00 per GPU-hour |",
+        "| best | 0.900000; gain over the first baseline 0.100000, 0.100000 per GPU-hour |",
+        "| runs per decision | median 2, mean 2.00 (a stopped run counts) |",
+        "| stopped early | 1 of 13 runs (7.7%); ~3m 45s of GPU time not spent (estimate: the task's median "
+        "full run, 5m 00s, less each stopped run's seconds) |",
+        "",
+    ]
+
+
+def test_research_per_gpu_hour_without_decisions_or_stops(tmp_path: Path) -> None:
+    path = tmp_path / "results.jsonl"
+    path.write_text(json.dumps(GPU[0]) + "\n")
+    report.write_report(path)
+    md = (tmp_path / "report.md").read_text(encoding="utf-8")
+    assert "| experiments | 0 decisions (keep or discard), 0.00 per GPU-hour |" in md
+    assert "| best | 1.000000; gain over the first baseline 0.000000, 0.000000 per GPU-hour |" in md
+    assert "| runs per decision | n/a |" in md and "| stopped early | 0 of 3 runs (0.0%) |" in md
+
+
+def test_progress_x_axis_is_cumulative_gpu_hours() -> None:
+    from matplotlib.figure import Figure
+
+    hours = [900 / 3600, 1520 / 3600, 1800 / 3600, 1875 / 3600, 1960 / 3600, 2600 / 3600, 1.0]
+    assert report.cumulative_gpu_hours(GPU) == pytest.approx(hours)
+    ax = Figure().subplots()
+    report._plot_task(ax, "gpu", GPU)
+    running_best = next(line for line in ax.lines if line.get_label() == "running best")
+    # baseline, keep 1 and keep 5, then on to the last record's end
+    assert list(running_best.get_xdata()) == pytest.approx([hours[0], hours[1], hours[5], hours[6]])
+    kept = next(c for c in ax.collections if c.get_label().startswith("kept"))
+    assert [x for x, _ in kept.get_offsets()] == pytest.approx([hours[0], hours[1], hours[5]])
+    crash = next(c for c in ax.collections if c.get_label().startswith("crash"))
+    assert [x for x, _ in crash.get_offsets()] == pytest.approx([hours[4]])
+    assert ax.get_xlabel().startswith("GPU-hours")
