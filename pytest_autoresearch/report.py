@@ -180,9 +180,9 @@ def research_markdown(records: list[dict]) -> list[str]:
 
 
 def stopped_early(records: list[dict]) -> str:
-    """The share of runs stopped early and the GPU time they did not spend: a stopped run's seconds are not
-    compared with its own full length (never run) but with the task's median full run, each scored record's
-    runs all counting as its mean run."""
+    """The share of runs stopped early and the GPU time they did not spend. A stopped run's full length is never
+    known, so it is estimated as the task's median full run (over the records whose runs all ran to a score, each
+    standing for its runs by their mean) and the stopped run's seconds are taken from that."""
     runs = sum(map(_runs, records))
     if not runs:
         return "n/a"
@@ -196,7 +196,8 @@ def stopped_early(records: list[dict]) -> str:
         return text + "; no full run to estimate the GPU time they did not spend"
     median = statistics.median(full)
     # a stopped run whose seconds were not recorded is counted as saving nothing rather than a whole run
-    saved = sum(max(0.0, median - (_number(e.get("run_seconds")) or median) * GPUS_PER_RUN) for e in stopped)
+    ran = [seconds * GPUS_PER_RUN for e in stopped if (seconds := _number(e.get("run_seconds"))) is not None]
+    saved = sum(max(0.0, median - seconds) for seconds in ran)
     return (text + f"; ~{_duration(saved)} of GPU time not spent (estimate: the task's median full run, "
                    f"{_duration(median)}, less each stopped run's seconds)")
 
@@ -299,7 +300,7 @@ def _short(text: str) -> str:
 def _plot_task(ax, task: str, records: list[dict]) -> None:
     minimize, base, rows = _minimize(records), _baseline(records), frontier(records)
     # each record sits where its runs ended on the GPU-hours axis; keyed by identity, as records are plain dicts
-    hours = {id(r): h for r, h in zip(records, cumulative_gpu_hours(records))}
+    x_of = {id(r): hours for r, hours in zip(records, cumulative_gpu_hours(records))}
     counts = Counter(r.get("status") for r in records)
     # Zoom on the region between best and baseline, as the upstream's plot does; far-off scores sit at the edge.
     values = [s for s in (_number(r.get("score")) for r in records) if s is not None]
@@ -312,7 +313,7 @@ def _plot_task(ax, task: str, records: list[dict]) -> None:
     # Runs that were not kept are faded; those without a score (crash, rejected, ...) sit on the bottom edge.
     for status, color, marker in (("discard", "#bbbbbb", "o"), ("rejected", "#d98c8c", "o"),
                                   ("interrupted", "#8caad9", "o"), ("crash", "#e74c3c", "x")):
-        runs = [(hours[id(r)], _number(r.get("score"))) for r in records if r.get("status") == status]
+        runs = [(x_of[id(r)], _number(r.get("score"))) for r in records if r.get("status") == status]
         pts = [(x, min(max(y, lo), hi)) for x, y in runs if y is not None]
         edge = [x for x, y in runs if y is None]
         label = f"{status} ({len(runs)})"
@@ -323,14 +324,14 @@ def _plot_task(ax, task: str, records: list[dict]) -> None:
             ax.scatter(edge, [0.03] * len(edge), transform=ax.get_xaxis_transform(), c=color, marker=marker,
                        s=30 if marker == "x" else 16, alpha=0.8, zorder=3, label=label)
     if rows:
-        xs = [hours[id(r)] for r, _, _ in rows]
+        xs = [x_of[id(r)] for r, _, _ in rows]
         ax.scatter(xs, [_number(r["score"]) for r, _, _ in rows], c="#2ecc71", s=50, zorder=4,
                    edgecolors="black", linewidths=0.5, label=f"kept ({counts['keep']})")
-        ax.step(xs + [hours[id(records[-1])]], [b for _, b, _ in rows] + [rows[-1][1]], where="post", color="#27ae60",
+        ax.step(xs + [x_of[id(records[-1])]], [b for _, b, _ in rows] + [rows[-1][1]], where="post", color="#27ae60",
                 linewidth=2, alpha=0.7, zorder=3, label="running best")
         for r, _, _ in rows:
             label = _short(_one_line(r.get("description")) or str(r.get("status")))
-            note = ax.annotate(label, (hours[id(r)], _number(r["score"])), textcoords="offset points",
+            note = ax.annotate(label, (x_of[id(r)], _number(r["score"])), textcoords="offset points",
                                xytext=(6, 6), fontsize=8, color="#1a7a3a", rotation=30, ha="left", va="bottom")
             note.set_in_layout(False)
     ax.set_ylim(lo, hi)

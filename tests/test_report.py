@@ -229,3 +229,12 @@ def test_progress_x_axis_is_cumulative_gpu_hours() -> None:
     crash = next(c for c in ax.collections if c.get_label().startswith("crash"))
     assert [x for x, _ in crash.get_offsets()] == pytest.approx([hours[4]])
     assert ax.get_xlabel().startswith("GPU-hours")
+
+
+def test_stopped_early_estimate_needs_a_full_run_and_the_stopped_seconds() -> None:
+    unrecorded = {"test": "early_stop", "early_stop": {"progress": 50.0}}  # a record from before run_seconds
+    records = [GPU[0], _record("gpu", 1, "discard", None, scores=[], runner_s=100.0, statistic=unrecorded)]
+    assert report.stopped_early(records) == ("1 of 4 runs (25.0%); ~0m 00s of GPU time not spent (estimate: the "
+                                             "task's median full run, 5m 00s, less each stopped run's seconds)")
+    assert report.stopped_early(GPU[3:4]) == ("1 of 1 runs (100.0%); no full run to estimate the GPU time they did "
+                                              "not spend")
