@@ -112,6 +112,24 @@ def run_noise(seed: int, sd: float) -> Callable[[str, int, int], float]:
     return noise
 
 
+def full_runs(policy: Policy, baseline: list[float], records: list[dict[str, Any]], score: Callable[[int], float],
+              setup: Setup, out: Session) -> tuple[list[float], str] | None:
+    """A candidate's full runs (score(r) is run r's val_bpb) until decide() stops asking, at most policy.max_runs
+    (still undecided after them: a discard), each charged to out.gpu_s; recorded in records. None when the
+    budget cannot pay the next run: the candidate is not decided."""
+    pooled = task_noise([*records, {"scores": baseline}]) if policy.pool_noise else None
+    scores: list[float] = []
+    verdict = "continue"
+    while verdict == "continue" and len(scores) < policy.max_runs:
+        if out.gpu_s + setup.run_s > setup.gpu_hours * 3600.0:
+            return None
+        out.gpu_s += setup.run_s
+        scores.append(score(len(scores)))
+        verdict = policy.decide(baseline, scores, "minimize", pooled).verdict
+    records.append({"status": verdict, "scores": scores, "baseline_scores": baseline})
+    return scores, verdict
+
+
 def simulate(policy: Policy, setup: Setup, seed: int) -> Session:
     """One session of setup.gpu_hours under policy, the engine's order of things: the baseline scored when no
     scores on record stand for it (policy.baseline_runs runs), the candidate run until decide() stops asking
@@ -131,17 +149,12 @@ def simulate(policy: Policy, setup: Setup, seed: int) -> Session:
             rescored += 1
             records.append({"status": "baseline", "scores": baseline, "baseline_scores": baseline})
         effect = setup.effects.draw(rng)
-        pooled = task_noise([*records, {"scores": baseline}]) if policy.pool_noise else None
-        scores: list[float] = []
-        verdict = "continue"
-        while verdict == "continue" and len(scores) < policy.max_runs:
-            if out.gpu_s + setup.run_s > budget:
-                return out
-            out.gpu_s += setup.run_s
-            scores.append(true_score + effect + noise("candidate", i, len(scores)))
-            verdict = policy.decide(baseline, scores, "minimize", pooled).verdict
+        judged = full_runs(policy, baseline, records,
+                           lambda r: true_score + effect + noise("candidate", i, r), setup, out)
+        if judged is None:
+            return out
+        scores, verdict = judged
         out.runs_per_decision.append(len(scores))
-        records.append({"status": verdict, "scores": scores, "baseline_scores": baseline})
         if verdict == "keep":
             true_score += effect
             out.gain -= effect
@@ -188,16 +201,11 @@ def simulate_screened(policy: Policy, screen: Screen, setup: Setup, seed: int) -
         screened = [true_score + effect + screen_noise("candidate", i, 0)]
         runs = 1
         if screener.decide(screen_baseline, screened, "minimize").verdict == "keep":
-            pooled = task_noise([*records, {"scores": baseline}]) if policy.pool_noise else None
-            scores: list[float] = []
-            verdict = "continue"
-            while verdict == "continue" and len(scores) < policy.max_runs:
-                if out.gpu_s + setup.run_s > budget:
-                    return out
-                out.gpu_s += setup.run_s
-                scores.append(true_score + effect + noise("candidate", i, len(scores)))
-                verdict = policy.decide(baseline, scores, "minimize", pooled).verdict
-            records.append({"status": verdict, "scores": scores, "baseline_scores": baseline})
+            judged = full_runs(policy, baseline, records,
+                               lambda r: true_score + effect + noise("candidate", i, r), setup, out)
+            if judged is None:
+                return out
+            scores, verdict = judged
             runs += len(scores)
             if verdict == "keep":
                 true_score += effect
