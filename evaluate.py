@@ -130,7 +130,7 @@ def save_model(model, batch_size, path=MODEL_FILE, autocast_dtype=None):
 # Loading (runs here, on an untrusted file)
 # ---------------------------------------------------------------------------
 
-def _check_serialized(value, where="program"):
+def _check_serialized(value):
     """Refuse what the deserializer would turn into code or symbolic shapes; drop node metadata (stack traces and
     module paths that code generation copies into comments), in place."""
     if isinstance(value, dict):
@@ -144,10 +144,10 @@ def _check_serialized(value, where="program"):
                 raise Refused(f"the graph holds a {key} argument (symbolic shapes and custom objects are not allowed)")
             if key in ("sym_int_values", "sym_bool_values", "sym_float_values", "custom_obj_values", "range_constraints") and item:
                 raise Refused(f"the graph holds {key}: export with static shapes")
-            _check_serialized(item, f"{where}.{key}")
+            _check_serialized(item)
     elif isinstance(value, list):
         for item in value:
-            _check_serialized(item, where)
+            _check_serialized(item)
 
 
 def _read_container(path):
@@ -185,7 +185,7 @@ def _read_container(path):
 
 
 def load_model(path, device):
-    """The exported program of a model file, checked: (program, batch_size). Raises Refused with the reason."""
+    """The exported program of a model file, checked. Raises Refused with the reason."""
     from torch._export.serde.serialize import SerializedArtifact, deserialize
     header, tensors = _read_container(path)
     program_json = header["program"]
