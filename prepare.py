@@ -44,6 +44,12 @@ TIME_BUDGET = 300           # seconds of training, excluding start-up and compil
 EVAL_TOKENS = 40 * 524288   # validation tokens behind val_bpb (~21M)
 VOCAB_SIZE = 8192           # lower it on a small computer; 260 = byte level (256 bytes + 4 special tokens)
 
+# A screen run (the harness's policy.screen, USAGE.md) trains for fewer seconds, told here; the harness kills a
+# run past them plus its start-up allowance. Set by hand it makes a smoke run. The harness reads the literal
+# above for full runs (runner.budget: prepare.py:TIME_BUDGET), so this stays under an `if`.
+if os.environ.get("AUTORESEARCH_TIME_BUDGET"):
+    TIME_BUDGET = float(os.environ["AUTORESEARCH_TIME_BUDGET"])
+
 # ---------------------------------------------------------------------------
 # Where data comes from, and how it is cut and tokenized
 # ---------------------------------------------------------------------------

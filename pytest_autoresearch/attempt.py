@@ -39,6 +39,7 @@ class Attempt:
     duration_s: float = 0.0
     noise: dict[str, float] | None = None  # the history's pooled noise the runs were judged with (noise.Noise)
     early_stop: dict[str, Any] | None = None  # policy.early_stop's evidence, when it stopped the last run
+    screen: dict[str, Any] | None = None  # policy.screen's evidence (screen.Screen.judge), when it screened
     workspace: bool = False  # mutator: workspace, the candidate is the workspace itself
     snapshot: tuple[dict[str, Content], dict[str, str], str | None] | None = None  # workspace: a keep's new baseline
     node: str | None = None  # the Ray node that made it (ray_executor.py); None: this machine

@@ -19,6 +19,7 @@ from .files import write_atomic
 from .isolation import storage_paths
 from .results import Record, mean
 from .run import score_once
+from .screen import ENV as SCREEN_ENV
 from .sandbox import Content, copy_tree, read_contents, scan
 from .task import Task
 from .workspace import apply_contents, protected_hashes
@@ -83,18 +84,10 @@ def _runs(engine: Engine, task: Task, content_hash: str, source: Path, baseline:
     metric, protected files and evaluator (its `setup`)."""
     folder = engine.storage.results.baseline_runs / task.name / content_hash
     folder.mkdir(parents=True, exist_ok=True)
-    sandbox = scratch / "baseline"
-    protected = protected_hashes(task, read_contents(source, [rel for rel in scan(source) if task.is_protected(rel)]))
-    # an evaluator scores in the runner's place: a run saved without it (or with another) is no run of this setup
-    evaluator = [task.evaluator.command, task.evaluator.receives] if task.evaluator is not None else []
-    setup = hashlib.sha256(json.dumps([task.runner_command, task.metric, task.scorer.setup,
-                                       sorted(protected.items()), *evaluator]).encode()).hexdigest()[:16]
+    setup = run_setup(task, source)
 
     def run(r: int) -> dict[str, Any]:
-        if not sandbox.exists():
-            copy_tree(source, sandbox, engine.storage_in_tree)
-            present = engine.artifacts_in(task, sandbox)
-            apply_contents(sandbox, {**{rel: None for rel in present if rel not in baseline}, **baseline})
+        sandbox = _baseline_sandbox(engine, task, source, baseline, scratch)
         name = "" if task.policy.baseline_runs == 1 else f"-run{r + 1}"
         log_path = engine.storage.baseline_log(task.name, f"baseline-{content_hash}{name}")
         seed = task.policy.runner_seed(0, r)
@@ -126,6 +119,73 @@ def _runs(engine: Engine, task: Task, content_hash: str, source: Path, baseline:
             finally:
                 lock.release()
     return [runs[r] for r in range(task.policy.baseline_runs)]
+
+
+def run_setup(task: Task, source: Path) -> str:
+    """What a saved run must have been run under to count: the runner, metric, scorer, protected files and
+    evaluator (an evaluator scores in the runner's place: a run saved without it, or with another, is no run of
+    this setup)."""
+    protected = protected_hashes(task, read_contents(source, [rel for rel in scan(source) if task.is_protected(rel)]))
+    evaluator = [task.evaluator.command, task.evaluator.receives] if task.evaluator is not None else []
+    return hashlib.sha256(json.dumps([task.runner_command, task.metric, task.scorer.setup,
+                                      sorted(protected.items()), *evaluator]).encode()).hexdigest()[:16]
+
+
+def _baseline_sandbox(engine: Engine, task: Task, source: Path, baseline: dict[str, Content], scratch: Path) -> Path:
+    """scratch/baseline: a copy of source holding the baseline's artifacts, made on first use."""
+    sandbox = scratch / "baseline"
+    if not sandbox.exists():
+        copy_tree(source, sandbox, engine.storage_in_tree)
+        present = engine.artifacts_in(task, sandbox)
+        apply_contents(sandbox, {**{rel: None for rel in present if rel not in baseline}, **baseline})
+    return sandbox
+
+
+def baseline_screen(engine: Engine, task: Task, content_hash: str, source: Path, baseline: dict[str, Content],
+                    scratch: Path, extra_env: dict[str, str]) -> tuple[float, float]:
+    """(the baseline's score at policy.screen's budget, the runner seconds this call spent on it): its saved
+    screen run (its own, or the screen run of the keep that made it), else one run now, saved. Raises Crashed
+    when that run fails: no candidate can be screened then."""
+    screen = task.policy.screen
+    assert screen is not None
+    setup = run_setup(task, source)
+    with engine.storage.lock(f"baseline-{task.name}-{content_hash}-screen"):
+        if (found := saved_screen(engine, task, content_hash, setup)) is not None:
+            return found, 0.0
+        sandbox = _baseline_sandbox(engine, task, source, baseline, scratch)
+        log_path = engine.storage.baseline_log(task.name, f"baseline-{content_hash}-screen")
+        seed = task.policy.runner_seed(0, 0)
+        env = {**engine.env(task, 0, None, seed, sandbox, extra_env), SCREEN_ENV: f"{screen.seconds:g}"}
+        with open(log_path, "wb") as log:
+            outcome = score_once(task, sandbox, env, log, f"baseline screen run ({screen.seconds:g}s, seed {seed})",
+                                 storage_paths(engine.storage), screen_seconds=screen.seconds)
+        if outcome.baseline_failure is not None:
+            raise Crashed(f"baseline screen: {outcome.baseline_failure}", log=engine.shown(log_path))
+        save_screen(engine, task, content_hash, setup, outcome.score)
+        return outcome.score, outcome.seconds
+
+
+def saved_screen(engine: Engine, task: Task, content_hash: str, setup: str) -> float | None:
+    """The screen score saved for this content under this setup and screen budget, or None."""
+    screen = task.policy.screen
+    try:
+        saved = json.loads((engine.storage.results.baseline_runs / task.name / content_hash / "screen.json")
+                           .read_text(encoding="utf-8"))
+        fits = screen is not None and saved["setup"] == setup and float(saved["screen_seconds"]) == screen.seconds
+        return float(saved["score"]) if fits else None
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+
+
+def save_screen(engine: Engine, task: Task, content_hash: str, setup: str, score: float) -> None:
+    """Save a screen run's score for this content: the baseline's screen score once it is the baseline (a keep's
+    screen run stands in for its next baseline's, as the research benchmark models it)."""
+    screen = task.policy.screen
+    assert screen is not None
+    folder = engine.storage.results.baseline_runs / task.name / content_hash
+    folder.mkdir(parents=True, exist_ok=True)
+    write_atomic(folder / "screen.json", json.dumps({"score": score, "setup": setup, "screen_seconds": screen.seconds,
+                                                     "worker": engine.worker}))
 
 
 def _baseline_record(engine: Engine, task: Task, content_hash: str, runs: list[dict[str, Any]], wall_s: float,

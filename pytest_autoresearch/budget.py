@@ -36,15 +36,20 @@ class Budget:
     file: str | None = None
     name: str | None = None
 
-    def limit(self, sealed: Mapping[str, SealedFile], timeout: float) -> tuple[float, str | None]:
+    def limit(self, sealed: Mapping[str, SealedFile], timeout: float,
+              screen_seconds: float | None = None) -> tuple[float, str | None]:
         """(the run's time limit, the crash reason of a run killed at it) where the budget ends the run before
-        runner.timeout, else (timeout, None): the timeout's own reason stands. ValueError "FILE...: why" when
-        the sealed FILE holds no budget."""
-        training = self.seconds if self.seconds is not None else self._sealed_seconds(sealed)
+        runner.timeout, else (timeout, None): the timeout's own reason stands. screen_seconds: a screen run's
+        training budget (policy.screen), in the budget's place. ValueError "FILE...: why" when the sealed FILE
+        holds no budget."""
+        if screen_seconds is not None:
+            training, origin = screen_seconds, " of the screen (policy.screen.seconds)"
+        else:
+            training = self.seconds if self.seconds is not None else self._sealed_seconds(sealed)
+            origin = f" from {self.file}:{self.name}" if self.file is not None else ""
         limit = training + self.allowance
         if limit >= timeout:
             return timeout, None
-        origin = f" from {self.file}:{self.name}" if self.file is not None else ""
         return limit, (f"runner ran past its time limit of {limit:g}s (training budget {training:g}s{origin} "
                        f"+ start-up allowance {self.allowance:g}s)")
 

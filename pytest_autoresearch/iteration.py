@@ -19,7 +19,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from .attempt import Attempt
-from .baseline import baseline_curves, baseline_scores
+from .baseline import baseline_curves, baseline_scores, baseline_screen, run_setup, save_screen
 from .candidate import ChangeSet, Made, MutatorSource, Start, WorkspaceSource
 from .engine import Engine
 from .errors import Crashed, Ended, EngineError, Interrupted, StorageUnwritable, describe, naming
@@ -114,6 +114,8 @@ def _attempt(engine: Engine, task: Task, scratch: Path, description: str,
     pending: BaseException | None = None
     gpu_wait_s = 0.0
     new_baseline: Record | None = None
+    screen_baseline: float | None = None
+    screen_s = 0.0  # the baseline's screen run, when this attempt paid for it
     try:
         with ExitStack() as held:
             extra_env: dict[str, str] = {}
@@ -132,6 +134,9 @@ def _attempt(engine: Engine, task: Task, scratch: Path, description: str,
                                                        start.baseline, scratch, extra_env, started_at,
                                                        record_here=record_baseline)
                 _export_history(engine, scratch)  # again: with the baseline record, had it just been scored
+                if task.policy.screen is not None:  # the baseline's score at the screen's budget: paid once
+                    screen_baseline, screen_s = baseline_screen(engine, task, start.baseline_hash, start.sandbox,
+                                                                start.baseline, scratch, extra_env)
                 made = source.make(start, iteration, mean(scores), log, extra_env)
                 if made.failure is not None:
                     raise Crashed(made.failure)
@@ -143,8 +148,11 @@ def _attempt(engine: Engine, task: Task, scratch: Path, description: str,
                 if task.policy.pool_noise:  # only then is the whole history worth reading
                     noise = task_noise([*engine.storage.results.records(task.name), {"scores": scores}])
                 curves = baseline_curves(engine, task, start.baseline_hash) if task.policy.early_stop else []
-                runs = score_candidate(engine, task, iteration, scores, source.runnable(start, change_set), log,
-                                       extra_env, noise, curves)
+                runnable = source.runnable(start, change_set)
+                runs = score_candidate(engine, task, iteration, scores, runnable, log, extra_env, noise, curves,
+                                       screen_baseline)
+                if runs.screen is not None and runs.screen["gain"] is not None:  # the next baseline's, if kept
+                    save_screen(engine, task, candidate_hash, run_setup(task, runnable), runs.screen["candidate"])
     except Ended as e:
         ending = e
     except KeyboardInterrupt as e:
@@ -170,8 +178,8 @@ def _attempt(engine: Engine, task: Task, scratch: Path, description: str,
         changes=dict(verdict.candidate) if verdict else {},
         before={c.path: start.baseline.get(c.path) for c in verdict.changes} if verdict and start else {},
         scores=runs.scores, metrics=dict(runs.metrics), mutator_s=made.mutator_s if made is not None else 0.0,
-        runner_s=runs.runner_s, gpu_wait_s=gpu_wait_s, duration_s=round(time.perf_counter() - clock, 3),
-        noise=asdict(noise) if noise is not None else None, early_stop=runs.early_stop,
+        runner_s=round(runs.runner_s + screen_s, 3), gpu_wait_s=gpu_wait_s, duration_s=round(time.perf_counter() - clock, 3),
+        noise=asdict(noise) if noise is not None else None, early_stop=runs.early_stop, screen=runs.screen,
         workspace=task.workspace_mode, snapshot=change_set.snapshot if change_set is not None else None,
         protected=checked.hashes if checked is not None else None, head=checked.head if checked is not None else None
     ), pending

@@ -41,7 +41,8 @@ class Landing:
             if attempt.new_baseline is not None:
                 append_baseline(self.engine, task, Record(**attempt.new_baseline))
             decision = None if attempt.status else settle(task.policy, attempt.baseline_scores, attempt.scores,
-                                                          task.direction, attempt.noise, attempt.early_stop)
+                                                          task.direction, attempt.noise, attempt.early_stop,
+                                                          attempt.screen)
             if attempt.workspace:
                 record = self._in_workspace(task, attempt, decision)
             elif decision is not None and decision.verdict == "keep":
@@ -183,10 +184,25 @@ def rebase(engine: Engine, task: Task, scores: Sequence[float], decision: Decisi
 
 
 def settle(policy: Policy, baseline_scores: Sequence[float], candidate_scores: Sequence[float], direction: str,
-           noise: Mapping[str, float] | None = None, early_stop: Mapping[str, Any] | None = None) -> Decision:
+           noise: Mapping[str, float] | None = None, early_stop: Mapping[str, Any] | None = None,
+           screen: Mapping[str, Any] | None = None) -> Decision:
     """The decision on every run a candidate made, with the noise they were judged with: a policy that still asks
     for more after them is a discard (it must settle within its runs; never keep on a maybe), and so is a
-    candidate whose run policy.early_stop stopped."""
+    candidate whose run policy.early_stop stopped, or that policy.screen did not promote. The screen's evidence
+    goes into the statistic of a promoted candidate's decision too."""
+    if screen is not None and not screen["promoted"]:
+        z = "no score" if screen["z"] is None else f"z={screen['z']:.2f} < {screen['promote_z']:g}"
+        return Decision("discard", f"screened out at {screen['seconds']:g}s: {screen['candidate']:.6g} against the "
+                                   f"baseline's {screen['baseline']:.6g} ({z})",
+                        {"test": "screen", "screen": dict(screen), "max_runs": policy.max_runs})
+    decision = _settle_runs(policy, baseline_scores, candidate_scores, direction, noise, early_stop)
+    if screen is None:
+        return decision
+    return replace(decision, statistic={**(decision.statistic or {}), "screen": dict(screen)})
+
+
+def _settle_runs(policy: Policy, baseline_scores: Sequence[float], candidate_scores: Sequence[float], direction: str,
+                 noise: Mapping[str, float] | None, early_stop: Mapping[str, Any] | None) -> Decision:
     if early_stop is not None:
         e = early_stop
         return Decision("discard", f"stopped early at {e['progress']:.0f}% of run {len(candidate_scores) + 1}: "

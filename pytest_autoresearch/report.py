@@ -143,9 +143,15 @@ def _early_stop(record: dict) -> dict | None:
     return evidence if isinstance(evidence, dict) else None
 
 
+def _screen(record: dict) -> dict | None:
+    evidence = (record.get("statistic") or {}).get("screen")
+    return evidence if isinstance(evidence, dict) else None
+
+
 def _runs(record: dict) -> int:
-    """Runs that scored or were stopped early (a stopped run has no score; a crashed one is not counted)."""
-    return len(record.get("scores") or []) + (_early_stop(record) is not None)
+    """Runs that scored, were stopped early or screened (a stopped run has no score; a crashed one is not
+    counted)."""
+    return len(record.get("scores") or []) + (_early_stop(record) is not None) + (_screen(record) is not None)
 
 
 def _per_hour(value: float, hours: float, digits: int) -> str:
@@ -166,7 +172,7 @@ def research_markdown(records: list[dict]) -> list[str]:
         best = "n/a"
     runs_per_decision = [_runs(r) for r in decided]
     per_decision = (f"median {statistics.median(runs_per_decision):g}, mean {statistics.mean(runs_per_decision):.2f} "
-                    "(a stopped run counts)") if runs_per_decision else "n/a"
+                    "(a stopped or screen run counts)") if runs_per_decision else "n/a"
     return [
         "### Research per GPU-hour", "", GPU_ASSUMPTION, "",
         "| | |", "|---|---|",
@@ -176,7 +182,17 @@ def research_markdown(records: list[dict]) -> list[str]:
         f"| best | {best} |",
         f"| runs per decision | {per_decision} |",
         f"| stopped early | {stopped_early(records)} |",
+        f"| screened out | {screened_out(decided)} |",
     ]
+
+
+def screened_out(decided: list[dict]) -> str:
+    """The decisions policy.screen settled alone, without a full run."""
+    screened = [e for r in decided if (e := _screen(r)) is not None]
+    if not screened:
+        return "n/a (no policy.screen)"
+    out = sum(not e.get("promoted") for e in screened)
+    return f"{out} of {len(screened)} screened candidates ({out / len(screened):.1%}), without a full run"
 
 
 def stopped_early(records: list[dict]) -> str:
@@ -190,8 +206,8 @@ def stopped_early(records: list[dict]) -> str:
     text = f"{len(stopped)} of {runs} runs ({len(stopped) / runs:.1%})"
     if not stopped:
         return text
-    full = [_gpu_seconds(r) / len(r["scores"]) for r in records
-            if r.get("scores") and _early_stop(r) is None and _gpu_seconds(r)]
+    full = [_gpu_seconds(r) / len(r["scores"]) for r in records  # a screen run would blur a full run's length
+            if r.get("scores") and _early_stop(r) is None and _screen(r) is None and _gpu_seconds(r)]
     if not full:
         return text + "; no full run to estimate the GPU time they did not spend"
     median = statistics.median(full)

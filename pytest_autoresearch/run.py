@@ -4,6 +4,7 @@ metrics read through the task's scorer from its own output or, with an `evaluato
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,7 @@ from .noise import Noise
 from .process import run_logged
 from .results import mean
 from .scorers import NoScore, NotFinite, extract_metrics
+from .screen import ENV as SCREEN_ENV
 from .seal import seal
 from .task import Task
 
@@ -46,14 +48,16 @@ class Runs:
     metrics: dict[str, float] = field(default_factory=dict)
     runner_s: float = 0.0
     early_stop: dict[str, Any] | None = None
+    screen: dict[str, Any] | None = None  # policy.screen's evidence (screen.Screen.judge), when it screened
 
 
 def score_once(task: Task, sandbox: Path, env: Mapping[str, str], log: BinaryIO, header: str,
-               hidden: Iterable[Path] = (), watcher: Watcher | None = None) -> RunOutcome:
+               hidden: Iterable[Path] = (), watcher: Watcher | None = None,
+               screen_seconds: float | None = None) -> RunOutcome:
     """One run of the runner in sandbox, then of the task's evaluator, if any; under runner.isolation, `hidden` (the
     engine's storage) and the paths runner.hide names now are out of its sight, and runner.writable's folders (made
     if missing) take its writes. A watcher (policy.early_stop against the baseline's curves) may stop the run
-    half-way."""
+    half-way. screen_seconds: a screen run's training budget (policy.screen), the limit's in runner.budget's place."""
     gpu = f" on CUDA_VISIBLE_DEVICES={env['CUDA_VISIBLE_DEVICES']}" if "CUDA_VISIBLE_DEVICES" in env else ""
     log.write(f"[autoresearch] {header}{gpu}: {task.runner_command}\n".encode())
     log.flush()
@@ -63,7 +67,7 @@ def score_once(task: Task, sandbox: Path, env: Mapping[str, str], log: BinaryIO,
     limit, past_limit = task.runner_timeout, None
     if task.budget is not None:
         try:
-            limit, past_limit = task.budget.limit(sealed, task.runner_timeout)
+            limit, past_limit = task.budget.limit(sealed, task.runner_timeout, screen_seconds)
         except ValueError as e:
             return RunOutcome(None, 0.0, f"runner.budget: {e}")
     if task.evaluator is not None:
@@ -118,14 +122,20 @@ def _outcome(task: Task, stdout: str, folder: Path, seconds: float, curve: tuple
 
 def score_candidate(engine: Engine, task: Task, iteration: int, baseline_scores: list[float], sandbox: Path,
                     log: BinaryIO, extra_env: dict[str, str], noise: Noise | None = None,
-                    curves: Sequence[Curve] = ()) -> Runs:
+                    curves: Sequence[Curve] = (), screen_baseline: float | None = None) -> Runs:
     """Run the candidate until its policy stops asking for more (at most policy.max_runs runs), judging with the
-    history's noise; under policy.early_stop each run is watched against the baseline's curves and a stopped run
-    ends the candidate. Raises Crashed on a failed run and Rejected on a run that breaks a scorer constraint (a
-    candidate over a bound is no candidate: the policy never sees it), each carrying the runs so far."""
+    history's noise; under policy.screen a screen run against the baseline's (screen_baseline) comes first, and
+    a candidate it does not promote gets no full run; under policy.early_stop each run is watched against the
+    baseline's curves and a stopped run ends the candidate. Raises Crashed on a failed run and Rejected on a run
+    that breaks a scorer constraint (a candidate over a bound is no candidate: the policy never sees it), each
+    carrying the runs so far."""
     runs, most = Runs(), task.policy.max_runs
     baseline_score = mean(baseline_scores)
     rule = task.policy.early_stop
+    if task.policy.screen is not None and screen_baseline is not None:
+        runs = _screen(engine, task, iteration, screen_baseline, baseline_score, sandbox, log, extra_env)
+        if not runs.screen or not runs.screen["promoted"]:
+            return runs
     for r in range(most):
         seed = task.policy.runner_seed(iteration, r)
         env = engine.env(task, iteration, baseline_score, seed, sandbox, extra_env)
@@ -133,12 +143,35 @@ def score_candidate(engine: Engine, task: Task, iteration: int, baseline_scores:
                              storage_paths(engine.storage), rule.watcher(curves) if rule else None)
         runner_s = round(runs.runner_s + outcome.seconds, 3)
         if outcome.stopped is not None:
-            return Runs(runs.scores, outcome.metrics, runner_s, early_stop=outcome.stopped)
+            return Runs(runs.scores, outcome.metrics, runner_s, early_stop=outcome.stopped, screen=runs.screen)
         if outcome.failure is not None:
-            raise Crashed(outcome.failure, runs=Runs(runs.scores, runs.metrics, runner_s))
-        if (broken := next(filter(None, (c.broken_by(outcome.metrics) for c in task.constraints)), None)):
-            raise Rejected(broken, runs=Runs(runs.scores, outcome.metrics, runner_s))
-        runs = Runs(runs.scores + (outcome.score,), outcome.metrics, runner_s)
+            raise Crashed(outcome.failure, runs=Runs(runs.scores, runs.metrics, runner_s, screen=runs.screen))
+        _check_constraints(task, outcome, Runs(runs.scores, outcome.metrics, runner_s, screen=runs.screen))
+        runs = Runs(runs.scores + (outcome.score,), outcome.metrics, runner_s, screen=runs.screen)
         if task.policy.decide(baseline_scores, runs.scores, task.direction, noise).verdict != "continue":
             break
     return runs
+
+
+def _screen(engine: Engine, task: Task, iteration: int, screen_baseline: float, baseline_score: float,
+            sandbox: Path, log: BinaryIO, extra_env: dict[str, str]) -> Runs:
+    """The candidate's screen run (policy.screen), told its budget through AUTORESEARCH_TIME_BUDGET and killed
+    past it: Runs with no full-run score, its metrics, seconds and the screen's evidence."""
+    screen = task.policy.screen
+    assert screen is not None
+    seed = task.policy.runner_seed(iteration, 0)
+    env = {**engine.env(task, iteration, baseline_score, seed, sandbox, extra_env), SCREEN_ENV: f"{screen.seconds:g}"}
+    outcome = score_once(task, sandbox, env, log, f"screen run ({screen.seconds:g}s, seed {seed})",
+                         storage_paths(engine.storage), screen_seconds=screen.seconds)
+    runner_s = round(outcome.seconds, 3)
+    if outcome.failure is not None:
+        raise Crashed(f"screen run: {outcome.failure}", runs=Runs(runner_s=runner_s))
+    _check_constraints(task, outcome, Runs((), outcome.metrics, runner_s))
+    score = outcome.score if outcome.score is not None else math.nan
+    return Runs((), outcome.metrics, runner_s, screen=screen.judge(screen_baseline, score, task.direction))
+
+
+def _check_constraints(task: Task, outcome: RunOutcome, runs: Runs) -> None:
+    """Raise Rejected, carrying `runs`, when the run broke one of the scorer's constraints."""
+    if (broken := next(filter(None, (c.broken_by(outcome.metrics) for c in task.constraints)), None)):
+        raise Rejected(broken, runs=runs)

@@ -194,7 +194,9 @@ def test_train_bpb_search_uses_the_hparams_mutator_and_the_sequential_policy() -
     assert task["mutation"] == {"max_files": 1, "max_lines": 4}
     # issue 21: one run first, a second only for a close call, the H100 300 s noise sd until the history has its own
     assert task["policy"] == {"kind": "sequential", "confidence": 0.99, "looks": [1, 2], "max_runs": 2,
-                              "discard_below": 1.0, "min_delta": 0.0, "noise_sd": 0.00034, "pool_noise": True}
+                              "discard_below": 1.0, "min_delta": 0.0, "noise_sd": 0.00034, "pool_noise": True,
+                              # issue 21, item 3: a 100 s screen first, its sd assumed twice the full run's
+                              "screen": {"seconds": 100, "noise_sd": 0.00068, "promote_z": 0.5}}
     assert task["runner"]["gpus"] == "auto" and task["runner"]["timeout"] == 600
     assert {key: task["runner"][key] for key in RUNNER_ISOLATION} == RUNNER_ISOLATION
 

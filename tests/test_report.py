@@ -197,11 +197,27 @@ def test_research_per_gpu_hour_block(tmp_path: Path) -> None:
         "| experiments | 5 decisions (keep or discard), 5.00 per GPU-hour |",
         "| keeps | 2, 2.00 per GPU-hour |",
         "| best | 0.900000; gain over the first baseline 0.100000, 0.100000 per GPU-hour |",
-        "| runs per decision | median 2, mean 2.00 (a stopped run counts) |",
+        "| runs per decision | median 2, mean 2.00 (a stopped or screen run counts) |",
         "| stopped early | 1 of 13 runs (7.7%); ~3m 45s of GPU time not spent (estimate: the task's median "
         "full run, 5m 00s, less each stopped run's seconds) |",
+        "| screened out | n/a (no policy.screen) |",
         "",
     ]
+
+
+def test_research_per_gpu_hour_counts_the_screened_out_and_their_screen_runs(tmp_path: Path) -> None:
+    screen = {"test": "screen", "seconds": 100, "promoted": False}
+    records = [GPU[0],
+               _record("gpu", 1, "discard", None, scores=[], runner_s=120.0,
+                       statistic={"test": "screen", "screen": screen}),
+               _record("gpu", 2, "keep", 0.95, scores=[0.95], runner_s=450.0,
+                       statistic={"test": "sequential", "screen": {**screen, "promoted": True}})]
+    path = tmp_path / "results.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    report.write_report(path)
+    md = (tmp_path / "report.md").read_text(encoding="utf-8")
+    assert "| screened out | 1 of 2 screened candidates (50.0%), without a full run |" in md
+    assert "| runs per decision | median 1.5, mean 1.50 (a stopped or screen run counts) |" in md
 
 
 def test_research_per_gpu_hour_without_decisions_or_stops(tmp_path: Path) -> None:

@@ -8,8 +8,8 @@ import math
 
 import pytest
 
-from bench_research import (FITTED, RITUAL, TODAY, Screen, Setup, compare, screened, shipped_policy, simulate,
-                            simulate_screened)
+from bench_research import (FITTED, RITUAL, TODAY, Setup, compare, screened, shipped_policy, simulate,
+                            simulate_screened, without_screen)
 from pytest_autoresearch.policies import make_policy
 
 SEEDS = range(100)
@@ -17,14 +17,19 @@ SEEDS = range(100)
 
 @pytest.fixture(scope="module")
 def figures():
-    return compare({"ritual": RITUAL, "today": TODAY, "shipped": shipped_policy()}, Setup(), SEEDS)
+    shipped = shipped_policy()
+    return compare({"ritual": RITUAL, "today": TODAY, "sequential": without_screen(shipped), "shipped": shipped},
+                   Setup(), SEEDS)
 
 
-def test_the_shipped_policy_finds_at_least_nine_tenths_of_the_rituals_improvement_per_gpu_hour(figures):
-    assert figures["shipped"].gain_per_gpu_hour >= 0.9 * figures["ritual"].gain_per_gpu_hour
-    # issue 21 also asks for 4x the search it replaces: in the fitted world that search does 0.29x, so 4x would
-    # exceed the ritual itself; 3x is what is measured and held here (BENCHMARKS §13)
-    assert figures["shipped"].gain_per_gpu_hour >= 3 * figures["today"].gain_per_gpu_hour
+def test_the_sequential_rule_alone_finds_at_least_nine_tenths_of_the_rituals_improvement_per_gpu_hour(figures):
+    assert figures["sequential"].gain_per_gpu_hour >= 0.9 * figures["ritual"].gain_per_gpu_hour
+    assert figures["sequential"].phantom_share <= 0.05 and figures["sequential"].runs_median <= 1.3
+
+
+def test_the_shipped_policy_with_its_screen_beats_the_ritual_and_the_search_it_replaces(figures):
+    assert figures["shipped"].gain_per_gpu_hour >= 1.5 * figures["ritual"].gain_per_gpu_hour
+    assert figures["shipped"].gain_per_gpu_hour >= 4 * figures["today"].gain_per_gpu_hour
 
 
 def test_the_shipped_policy_keeps_few_phantoms_and_decides_most_candidates_on_one_run(figures):
@@ -44,13 +49,15 @@ def test_every_policy_meets_the_same_candidates_with_the_same_noise():
     # the ritual's and the sequential rule's first runs of a candidate are the same draw: on a world where
     # everything helps by far more than the noise, both keep every candidate and gain the same
     setup = Setup(effects=FITTED.__class__(1.0, 0.01, 0.1, 0.01, 0.1), gpu_hours=1.0)
-    ritual, shipped = (simulate(make_policy(spec), setup, seed=3) for spec in (RITUAL, shipped_policy()))
-    assert ritual.keeps == shipped.keeps == len(ritual.runs_per_decision)
-    assert ritual.gain == pytest.approx(shipped.gain)
+    ritual, sequential = (simulate(make_policy(spec), setup, seed=3)
+                          for spec in (RITUAL, without_screen(shipped_policy())))
+    assert ritual.keeps == sequential.keeps == len(ritual.runs_per_decision)
+    assert ritual.gain == pytest.approx(sequential.gain)
 
 
-def test_a_100s_screen_would_reach_one_and_a_half_times_the_ritual_across_the_assumed_agreement(figures):
-    # issue 21, item 3's target, on the benchmark's assumption (Screen): the engine does not screen yet
+def test_the_screen_holds_one_and_a_half_times_the_ritual_across_the_assumed_agreement(figures):
+    # issue 21, item 3's target on the benchmark's assumption (simulate_screened): a 100 s run's noise from one
+    # to three times a full run's
     for summary in screened([1.0, 3.0], Setup(), SEEDS).values():
         assert summary.gain_per_gpu_hour >= 1.5 * figures["ritual"].gain_per_gpu_hour
         assert summary.phantom_share <= 0.05
@@ -58,8 +65,9 @@ def test_a_100s_screen_would_reach_one_and_a_half_times_the_ritual_across_the_as
 
 def test_a_screen_that_promotes_everything_spends_a_screen_run_on_top_of_the_full_decision():
     setup = Setup(gpu_hours=2.0)
-    promote_all = Screen(promote_confidence=1e-9)
-    plain = simulate(make_policy(shipped_policy()), setup, seed=5)
-    both = simulate_screened(make_policy(shipped_policy()), promote_all, setup, seed=5)
+    spec = shipped_policy()
+    promote_all = make_policy({**spec, "screen": {**spec["screen"], "promote_z": -1e9}})
+    plain = simulate(make_policy(without_screen(spec)), setup, seed=5)
+    both = simulate_screened(promote_all, setup, seed=5)
     decided = len(both.runs_per_decision)
     assert [n - 1 for n in both.runs_per_decision] == plain.runs_per_decision[:decided]  # same candidates, noise

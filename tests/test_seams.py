@@ -97,7 +97,7 @@ def test_the_schema_is_what_loading_accepts():
                         "scorer", "policy", "setup", "evaluator")
     assert set(keys["scorer"]) == {"kind", "metric", "pattern", "direction", "file", "constraints"}
     assert set(keys["policy"]) == {"kind", "min_delta", "repeats", "confidence", "max_repeats", "pool_noise", "early_stop",
-                                  "looks", "max_runs", "discard_below", "noise_sd"}
+                                  "looks", "max_runs", "discard_below", "noise_sd", "screen"}
     assert set(keys["mutator"]) == {"command", "timeout", "prompt", "isolation", "network", "hparams"}
     assert set(keys["runner"]) == {"command", "timeout", "gpus", "isolation", "network", "hide", "writable", "budget",
                                    "startup_allowance"}

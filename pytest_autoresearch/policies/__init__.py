@@ -63,6 +63,7 @@ from typing import Any, Literal
 from ..early_stop import EarlyStop
 from ..early_stop import build as build_early_stop
 from ..noise import Noise
+from ..screen import Screen
 
 DIRECTIONS = ("minimize", "maximize")
 BASE_SEED = 42  # baseline run r gets BASE_SEED + r; the mutator of iteration i gets BASE_SEED + i
@@ -82,6 +83,7 @@ class Policy(ABC):
     reuses_kept_scores: bool  # may a keep's own scores stand in for the next baseline's (see runner_seed)?
 
     early_stop: EarlyStop | None  # policy.early_stop: stop a run whose progress curve is clearly worse
+    screen: Screen | None = None  # policy.screen: a shorter run first, and a full one only for the promising
     pool_noise: bool = False  # does decide() use the noise pooled from the history? (the engine reads it only then)
 
     @abstractmethod

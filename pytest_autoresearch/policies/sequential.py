@@ -1,6 +1,7 @@
 """policy.kind `sequential` ({kind: sequential, confidence: 0.99, looks: [1, 2], max_runs: 2, discard_below: 1.0,
-min_delta: 0.0, noise_sd: 0.00034, pool_noise: true}): decide most candidates on one run, and buy more runs
-only for close calls.
+min_delta: 0.0, noise_sd: 0.00034, pool_noise: true, screen: {seconds: 100, noise_sd: 0.00068}}): decide most
+candidates on one run, and buy more runs only for close calls; with `screen`, first a shorter run sorts out
+the candidates not worth a full one (screen.py).
 
 The candidate is judged at a schedule of looks (its run counts, `looks`, ending at `max_runs`). At each look
 the gap to the baseline, less min_delta, is measured in standard errors, z = margin / (sd * sqrt(1/nb + 1/nc)):
@@ -31,10 +32,13 @@ from typing import Any
 
 from ..early_stop import EarlyStop
 from ..noise import Noise
+from ..screen import Screen
+from ..screen import build as build_screen
 from . import Decision, Policy, check_inputs, early_stop, is_number, mean, min_delta, non_finite_decision
 from .noise_aware import student_t_sf
 
-KEYS = ("confidence", "looks", "max_runs", "discard_below", "min_delta", "noise_sd", "pool_noise", "early_stop")
+KEYS = ("confidence", "looks", "max_runs", "discard_below", "min_delta", "noise_sd", "pool_noise", "early_stop",
+        "screen")
 DEFAULT_CONFIDENCE = 0.99
 DEFAULT_LOOKS = (1, 2)
 DEFAULT_DISCARD_BELOW = 1.0
@@ -66,7 +70,8 @@ def build(spec: Mapping[str, Any]) -> SequentialPolicy:
     schedule = looks if looks[-1] == max_runs else (*looks, max_runs)  # the last run is always a look
     return SequentialPolicy(confidence=float(confidence), looks=schedule, discard_below=float(discard_below),
                             min_delta=min_delta(spec), noise_sd=None if noise_sd is None else float(noise_sd),
-                            pool_noise=pool_noise, early_stop=early_stop(spec))
+                            pool_noise=pool_noise, early_stop=early_stop(spec),
+                            screen=build_screen(spec["screen"]) if "screen" in spec else None)
 
 
 def _looks(value: Any) -> tuple[int, ...]:
@@ -87,6 +92,7 @@ class SequentialPolicy(Policy):
     noise_sd: float | None = None
     pool_noise: bool = True
     early_stop: EarlyStop | None = None
+    screen: Screen | None = None
     kind: str = "sequential"
     repeats: int = 1
     # the baseline's runs are paid once: a keep's runs are the next baseline's (see the module's caveat)
